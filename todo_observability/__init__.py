@@ -1,0 +1,73 @@
+"""todo-observability: correlated JSON logs, RED metrics, traces and health for Starlette/FastAPI on Dapr.
+
+    from fastapi import FastAPI
+    import todo_observability as obs
+
+    app = FastAPI()
+    obs.configure(app, service_name="backend")
+
+Importing the package is cheap: each name below is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from todo_observability._version import __version__
+
+if TYPE_CHECKING:
+    from todo_observability._observability import Observability, configure
+    from todo_observability.asgi import ObservabilityMiddleware
+    from todo_observability.context import bind_context, get_request_id, get_user_id, set_user_id
+    from todo_observability.exceptions import ConfigurationError, ObservabilityError
+    from todo_observability.httpclient import create_http_client
+    from todo_observability.logs import get_logger
+    from todo_observability.metrics import measured
+    from todo_observability.tracing import traced
+
+__all__ = [
+    "ConfigurationError",
+    "Observability",
+    "ObservabilityError",
+    "ObservabilityMiddleware",
+    "__version__",
+    "bind_context",
+    "configure",
+    "create_http_client",
+    "get_logger",
+    "get_request_id",
+    "get_user_id",
+    "measured",
+    "set_user_id",
+    "traced",
+]
+
+_LAZY = {
+    "ConfigurationError": "todo_observability.exceptions",
+    "Observability": "todo_observability._observability",
+    "ObservabilityError": "todo_observability.exceptions",
+    "ObservabilityMiddleware": "todo_observability.asgi",
+    "bind_context": "todo_observability.context",
+    "configure": "todo_observability._observability",
+    "create_http_client": "todo_observability.httpclient",
+    "get_logger": "todo_observability.logs",
+    "get_request_id": "todo_observability.context",
+    "get_user_id": "todo_observability.context",
+    "measured": "todo_observability.metrics",
+    "set_user_id": "todo_observability.context",
+    "traced": "todo_observability.tracing",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'todo_observability' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

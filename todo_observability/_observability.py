@@ -1,0 +1,281 @@
+"""`configure()` and `Observability`: one call wires logging, metrics, tracing and the middleware."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import IO, TYPE_CHECKING, Any
+
+from opentelemetry import trace
+
+from todo_observability import logs
+from todo_observability._version import __version__
+from todo_observability.config import Settings, resolve_settings
+from todo_observability.context import push_default_observability, remove_default_observability
+from todo_observability.metrics import PLUGIN_ERRORS, SPANS_DROPPED, metric_set, metrics_app
+from todo_observability.plugins import PluginHost
+from todo_observability.redaction import Redactor
+from todo_observability.tracing import TRACER_NAME, build_tracer_provider
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+__all__ = ["Observability", "configure"]
+
+_log = logging.getLogger("todo_observability")
+
+UserIdResolver = Callable[[MutableMapping[str, Any]], "str | None"]
+
+
+class Observability:
+    """Everything `configure()` set up for one service, and the way to undo it.
+
+    Attributes:
+        settings: The resolved settings.
+        registry: The Prometheus registry metrics are recorded in.
+        metrics: The catalogue's metrics in that registry.
+        tracer_provider: The OpenTelemetry tracer provider spans go through.
+        tracer: The tracer of the SDK's own spans.
+        span_exporter: The in-memory exporter, when the `memory` exporter is configured.
+        plugins: The loaded plugins.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: TracerProvider | None = None,
+        user_id_resolver: UserIdResolver | None = None,
+        plugins: Iterable[object] = (),
+    ):
+        from prometheus_client import REGISTRY
+
+        self.settings = settings
+        self.redactor = Redactor(settings.redact_keys)
+        self.registry: CollectorRegistry = REGISTRY if registry is None else registry
+        self.metrics = metric_set(self.registry, settings.max_label_values)
+        self._set_target_info()
+        self.plugins = PluginHost(
+            plugins,
+            load_entry_points=settings.load_plugins,
+            errors=self.metrics.counter(PLUGIN_ERRORS),
+        )
+        self.span_exporter: InMemorySpanExporter | None = None
+        self._owns_provider = tracer_provider is None
+        if tracer_provider is None:
+            tracer_provider, self.span_exporter = build_tracer_provider(
+                settings, self.metrics.counter(SPANS_DROPPED)
+            )
+        self.tracer_provider = tracer_provider
+        self.tracer = tracer_provider.get_tracer(TRACER_NAME, __version__)
+        self.metrics_app = metrics_app(self.registry)
+        resolvers = self.plugins.user_id_resolvers
+        if user_id_resolver is not None:
+            resolvers = (self.plugins.failsafe("user_id_resolver", user_id_resolver), *resolvers)
+        self.user_id_resolvers: tuple[UserIdResolver, ...] = resolvers
+        self._logging: logs.LoggingSetup | None = None
+        self._app: Any = None
+        self._restore_fastapi_tracing = False
+        self._closed = False
+
+    def _set_target_info(self) -> None:
+        labels = {
+            "service_name": self.settings.service_name,
+            "service_version": self.settings.service_version,
+            "deployment_environment": self.settings.environment,
+        }
+        current = self.registry.get_target_info()
+        if current is None:
+            self.registry.set_target_info(labels)
+        elif current != labels:
+            _log.warning(
+                "registry already describes service %r; target_info left as it is. "
+                "Give each service its own registry= to tell them apart.",
+                current.get("service_name"),
+            )
+
+    def shutdown(self) -> None:
+        """Flush spans and undo everything `configure()` did. Calling it again does nothing.
+
+        The global OpenTelemetry tracer provider, if `configure()` installed one,
+        stays installed (OpenTelemetry allows setting it only once) but no longer
+        exports.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._app is not None:
+            app, self._app = self._app, None
+            vars(app).pop("build_middleware_stack", None)
+            if self._restore_fastapi_tracing:
+                app._telemetry["tracing"] = True
+            app.middleware_stack = None
+            if getattr(app.state, "observability", None) is self:
+                del app.state.observability
+        if self._owns_provider:
+            self.tracer_provider.shutdown()
+        else:
+            self.tracer_provider.force_flush()
+        if self._logging is not None:
+            self._logging.undo()
+            self._logging = None
+        remove_default_observability(self)
+
+    def flush(self, timeout_millis: int = 30_000) -> bool:
+        """Export every finished span now; False if that did not finish in time."""
+        return self.tracer_provider.force_flush(timeout_millis)
+
+    def _install(self, app: Any) -> None:
+        from todo_observability.asgi import ObservabilityMiddleware
+
+        build = app.build_middleware_stack
+
+        def build_middleware_stack() -> Any:
+            # Outermost, around Starlette's ServerErrorMiddleware: we see (and tag
+            # with X-Request-ID) the 500 it sends for an unhandled exception.
+            return ObservabilityMiddleware(build(), observability=self, routes_app=app)
+
+        app.build_middleware_stack = build_middleware_stack
+        app.middleware_stack = None
+        app.state.observability = self
+        self._app = app
+        # FastAPI's native telemetry (FastAPI(telemetry=...)) would open a second
+        # server span around ours once a global tracer provider exists. We own the
+        # server span, so its tracing goes off; its config dict is the one the
+        # constructor documents, kept on the app.
+        telemetry = getattr(app, "_telemetry", None)
+        if isinstance(telemetry, dict) and telemetry.get("tracing"):
+            telemetry["tracing"] = False
+            self._restore_fastapi_tracing = True
+
+
+def configure(
+    app: Any = None,
+    *,
+    service_name: str | None = None,
+    service_version: str | None = None,
+    environment: str | None = None,
+    resource_attributes: dict[str, str] | None = None,
+    log_level: str | int | None = None,
+    access_log: bool | None = None,
+    redact_keys: Iterable[str] | None = None,
+    sample_ratio: float | None = None,
+    traces_exporter: str | Iterable[str] | None = None,
+    zipkin_endpoint: str | None = None,
+    otlp_endpoint: str | None = None,
+    traces_file: str | None = None,
+    metrics_path: str | None = None,
+    excluded_paths: Iterable[str] | None = None,
+    max_label_values: int | None = None,
+    request_id_header: str | None = None,
+    user_id_header: str | None = None,
+    capture_headers: Iterable[str] | None = None,
+    load_plugins: bool | None = None,
+    registry: CollectorRegistry | None = None,
+    tracer_provider: TracerProvider | None = None,
+    user_id_resolver: UserIdResolver | None = None,
+    plugins: Iterable[object] = (),
+    configure_logging: bool = True,
+    log_stream: IO[str] | None = None,
+) -> Observability:
+    """Wire JSON logs, RED metrics, tracing and the middleware in one call.
+
+    Every setting falls back to its environment variable, then to a documented
+    default (see the configuration page). `None` means "not given".
+
+    Args:
+        app: A Starlette or FastAPI app to instrument; omit it for a worker without HTTP.
+        service_name: `OTEL_SERVICE_NAME`.
+        service_version: `TODO_OBS_SERVICE_VERSION`.
+        environment: `TODO_OBS_ENVIRONMENT`; dev keeps every trace, prod one in ten.
+        resource_attributes: `OTEL_RESOURCE_ATTRIBUTES`.
+        log_level: `TODO_OBS_LOG_LEVEL`.
+        access_log: `TODO_OBS_ACCESS_LOG`.
+        redact_keys: `TODO_OBS_REDACT_KEYS`, patterns added to the default sensitive keys.
+        sample_ratio: `OTEL_TRACES_SAMPLER_ARG`.
+        traces_exporter: `OTEL_TRACES_EXPORTER`: zipkin, otlp, console, file, memory, none.
+        zipkin_endpoint: `OTEL_EXPORTER_ZIPKIN_ENDPOINT`.
+        otlp_endpoint: `OTEL_EXPORTER_OTLP_ENDPOINT`.
+        traces_file: `TODO_OBS_TRACES_FILE`, for the file exporter.
+        metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
+        excluded_paths: `TODO_OBS_EXCLUDED_PATHS`.
+        max_label_values: `TODO_OBS_MAX_LABEL_VALUES`.
+        request_id_header: `TODO_OBS_REQUEST_ID_HEADER`.
+        user_id_header: `TODO_OBS_USER_ID_HEADER`; trusted only when set.
+        capture_headers: `TODO_OBS_CAPTURE_HEADERS`.
+        load_plugins: `TODO_OBS_LOAD_PLUGINS`.
+        registry: Prometheus registry (default: prometheus_client's global one).
+        tracer_provider: Use this provider instead of building one; it is flushed, not shut down.
+        user_id_resolver: Called with the ASGI scope; returns the user id or None.
+        plugins: Plugin objects to register besides entry points.
+        configure_logging: Route the standard library's logging through the JSON formatter.
+        log_stream: Where JSON lines go (default: standard output).
+
+    Returns:
+        The `Observability`; call its `shutdown()` when the service stops.
+
+    Raises:
+        ConfigurationError: a setting is invalid; the message says which and how to fix it.
+        TypeError: `app` is not a Starlette or FastAPI app.
+    """
+    if app is not None:
+        if not hasattr(app, "build_middleware_stack") or not hasattr(app, "state"):
+            raise TypeError(
+                f"configure(app) needs a Starlette or FastAPI app, got {type(app).__name__}. "
+                "Wrap any other ASGI app with ObservabilityMiddleware(app, observability=configure())."
+            )
+        existing = getattr(app.state, "observability", None)
+        if isinstance(existing, Observability):
+            warnings.warn(
+                "configure() was already called for this app; the second call does nothing.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return existing
+    settings = resolve_settings(
+        service_name=service_name,
+        service_version=service_version,
+        environment=environment,
+        resource_attributes=resource_attributes,
+        log_level=log_level,
+        access_log=access_log,
+        redact_keys=redact_keys,
+        sample_ratio=sample_ratio,
+        traces_exporter=traces_exporter,
+        zipkin_endpoint=zipkin_endpoint,
+        otlp_endpoint=otlp_endpoint,
+        traces_file=traces_file,
+        metrics_path=metrics_path,
+        excluded_paths=excluded_paths,
+        max_label_values=max_label_values,
+        request_id_header=request_id_header,
+        user_id_header=user_id_header,
+        capture_headers=capture_headers,
+        load_plugins=load_plugins,
+    )
+    obs = Observability(
+        settings,
+        registry=registry,
+        tracer_provider=tracer_provider,
+        user_id_resolver=user_id_resolver,
+        plugins=plugins,
+    )
+    if configure_logging:
+        obs._logging = logs.configure_logging(
+            service_name=settings.service_name,
+            level=settings.log_level,
+            redactor=obs.redactor,
+            enrichers=obs.plugins.log_enrichers,
+            stream=log_stream,
+        )
+    if obs._owns_provider and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        # Libraries instrumented with OpenTelemetry (SQLAlchemy, ...) use the global provider.
+        trace.set_tracer_provider(obs.tracer_provider)
+    push_default_observability(obs)
+    if app is not None:
+        obs._install(app)
+    return obs

@@ -1,0 +1,386 @@
+"""`ObservabilityMiddleware`: one pure-ASGI pass per request for context, metrics, span and access log.
+
+It composes the other modules and re-implements none of them: the correlation
+context comes from `context`, RED metrics from `metrics`, spans from the
+`Observability`'s tracer and the access line from `logs`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import baggage, propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.datastructures import MutableHeaders
+
+from todo_observability.context import (
+    BAGGAGE_REQUEST_ID,
+    BAGGAGE_USER_ID,
+    RequestContext,
+    enter_context,
+    exit_context,
+    new_request_id,
+    valid_request_id,
+)
+from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR
+from todo_observability.metrics import (
+    HTTP_SERVER_IN_FLIGHT,
+    OTHER_METHOD,
+    STANDARD_METHODS,
+    UNMATCHED_ROUTE,
+)
+
+if TYPE_CHECKING:
+    from todo_observability._observability import Observability
+
+__all__ = ["ObservabilityMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_MAX_CACHED_TEMPLATES = 1024
+
+
+class ObservabilityMiddleware:
+    """Request id, user id, W3C trace context, a server span, RED metrics and an access line.
+
+    `configure(app)` installs it as the outermost layer of a Starlette or
+    FastAPI app, so that it also sees the 500 that Starlette's error handler
+    sends. It can wrap any ASGI app on its own:
+
+        app = ObservabilityMiddleware(app, observability=configure(service_name="api"))
+
+    Args:
+        app: The ASGI app to wrap.
+        observability: What to record into; `configure()` with environment settings when omitted.
+        routes_app: The app whose routes (and mounts) name the `route` label; defaults to `app`.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        observability: Observability | None = None,
+        routes_app: object | None = None,
+    ):
+        if observability is None:
+            from todo_observability._observability import configure
+
+            observability = configure()
+        self.app = app
+        self.observability = obs = observability
+        settings = obs.settings
+        self._routes_app = app if routes_app is None else routes_app
+        self._tracer = obs.tracer
+        self._metrics = obs.metrics
+        self._in_flight = obs.metrics.gauge(HTTP_SERVER_IN_FLIGHT)
+        self._metrics_path = settings.metrics_path
+        self._metrics_app = obs.metrics_app
+        self._excluded = frozenset(settings.excluded_paths)
+        self._request_id_header = settings.request_id_header.encode("latin-1")
+        self._request_id_header_str = settings.request_id_header
+        self._user_id_header = (
+            settings.user_id_header.encode("latin-1") if settings.user_id_header else None
+        )
+        self._captured = {
+            name.encode("latin-1"): f"http.request.header.{name.replace('-', '_')}"
+            for name in settings.capture_headers
+        }
+        self._redactor = obs.redactor
+        # Header names any configured propagator reads (traceparent, tracestate, baggage, ...).
+        self._propagation_headers = frozenset(
+            name.lower().encode("latin-1") for name in propagate.get_global_textmap().fields
+        )
+        self._access = logging.getLogger(ACCESS_LOGGER)
+        self._access_log = settings.access_log
+        self._span_enrichers = obs.plugins.span_enrichers
+        self._user_id_resolvers = obs.user_id_resolvers
+        self._templates: dict[tuple[str, str, int], str] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection; HTTP requests are observed, other scopes pass through."""
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, self._lifespan_send(send))
+            else:
+                await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path == self._metrics_path:
+            await self._metrics_app(scope, receive, send)
+            return
+
+        # One pass over the request headers for everything we read.
+        raw_request_id = raw_user_id = None
+        user_agent = b""
+        carrier: dict[str, str] | None = None
+        captured: dict[str, str] | None = None
+        for name, value in scope["headers"]:
+            if name == self._request_id_header:
+                raw_request_id = value
+            elif name == b"user-agent":
+                user_agent = value
+            elif name in self._propagation_headers:
+                if carrier is None:
+                    carrier = {}
+                carrier[name.decode("latin-1")] = value.decode("latin-1")
+            elif name == self._user_id_header:
+                raw_user_id = value
+            if name in self._captured:
+                if captured is None:
+                    captured = {}
+                captured[self._captured[name]] = value.decode("latin-1")
+
+        parent = propagate.extract(carrier) if carrier is not None else None
+        request_id = valid_request_id(raw_request_id.decode("latin-1")) if raw_request_id else None
+        user_id = raw_user_id.decode("latin-1") if raw_user_id else None
+        if parent is not None:
+            if request_id is None:
+                upstream = baggage.get_baggage(BAGGAGE_REQUEST_ID, parent)
+                request_id = valid_request_id(upstream) if isinstance(upstream, str) else None
+            if user_id is None:
+                upstream = baggage.get_baggage(BAGGAGE_USER_ID, parent)
+                user_id = upstream if isinstance(upstream, str) else None
+        if request_id is None:
+            request_id = new_request_id()
+        if user_id is None:
+            for resolve in self._user_id_resolvers:
+                user_id = resolve(scope)
+                if user_id is not None:
+                    break
+        ctx = RequestContext(request_id, user_id, self.observability)
+        header_name = self._request_id_header_str
+
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                MutableHeaders(scope=message)[header_name] = request_id
+
+            await send(message)
+
+        token = enter_context(ctx)
+        if path in self._excluded:
+            # Probes and scrapes: no span, no metrics, no access line unless they fail.
+            start = time.perf_counter()
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception:
+                if not response_started:
+                    await _answer_500(send_wrapper)
+                raise
+            finally:
+                if status >= 400 and self._access_log:
+                    self._log_access(scope, "", status, start, user_agent, None)
+                exit_context(token)
+            return
+
+        method: str = scope["method"]
+        if method not in STANDARD_METHODS:
+            method = OTHER_METHOD
+        span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        recording = span.is_recording()
+        if recording:
+            self._start_attributes(span, scope, method, user_agent, captured)
+        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
+        in_flight = self._in_flight
+        in_flight.inc()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            error = exc
+            if not response_started and isinstance(exc, Exception):
+                await _answer_500(send_wrapper)
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            in_flight.dec()
+            route = self._route_template(scope)
+            counter, histogram = self._metrics.server_children(method, route, status)
+            counter.inc()
+            span_context = span.get_span_context()
+            if span_context.trace_flags.sampled:
+                histogram.observe(elapsed, {"trace_id": f"{span_context.trace_id:032x}"})
+            else:
+                histogram.observe(elapsed)
+            if recording:
+                span.update_name(f"{method} {route}" if route != UNMATCHED_ROUTE else method)
+                span.set_attribute("http.response.status_code", status)
+                if route != UNMATCHED_ROUTE:
+                    span.set_attribute("http.route", route)
+                if error is not None:
+                    span.record_exception(error)
+                if status >= 500 or error is not None:
+                    error_type = type(error).__qualname__ if error is not None else str(status)
+                    span.set_attribute("error.type", error_type)
+                    span.set_status(Status(StatusCode.ERROR))
+            if self._access_log:
+                self._log_access(scope, route, status, start, user_agent, error, elapsed)
+            span.end()
+            otel_context.detach(otel_token)
+            exit_context(token)
+
+    def _lifespan_send(self, send: Send) -> Send:
+        flush = self.observability.flush
+
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                # The server is about to exit: export what is queued, so the last
+                # requests' spans are not lost.
+                flush(5_000)
+            await send(message)
+
+        return lifespan_send
+
+    def _start_attributes(
+        self,
+        span: trace.Span,
+        scope: Scope,
+        method: str,
+        user_agent: bytes,
+        captured: dict[str, str] | None,
+    ) -> None:
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": scope["path"],
+            "url.scheme": scope.get("scheme", "http"),
+            "network.protocol.version": scope.get("http_version", "1.1"),
+        }
+        if method == OTHER_METHOD:
+            attributes["http.request.method_original"] = scope["method"]
+        client = scope.get("client")
+        if client:
+            attributes["client.address"] = client[0]
+        server = scope.get("server")
+        if server:
+            attributes["server.address"] = server[0]
+            if server[1] is not None:
+                attributes["server.port"] = server[1]
+        if user_agent:
+            attributes["user_agent.original"] = user_agent.decode("latin-1")
+        if captured:
+            attributes.update(self._redactor.redact(captured))
+        span.set_attributes(attributes)
+        for enrich in self._span_enrichers:
+            enrich(span, scope)
+
+    def _log_access(
+        self,
+        scope: Scope,
+        route: str,
+        status: int,
+        start: float,
+        user_agent: bytes,
+        error: BaseException | None,
+        elapsed: float | None = None,
+    ) -> None:
+        level = logging.ERROR if status >= 500 else logging.INFO
+        access = self._access
+        if not access.isEnabledFor(level):
+            return
+        if elapsed is None:
+            elapsed = time.perf_counter() - start
+        client = scope.get("client")
+        fields = {
+            "method": scope["method"],
+            "route": route or scope["path"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "client": client[0] if client else None,
+            "user_agent": user_agent.decode("latin-1") if user_agent else None,
+        }
+        exc_info = (type(error), error, error.__traceback__) if error is not None else None
+        record = access.makeRecord(
+            access.name,
+            level,
+            __file__,
+            0,
+            "%s %s %s",
+            (fields["method"], fields["route"], status),
+            exc_info,
+            extra={TRUSTED_CONTEXT_ATTR: fields},
+        )
+        access.handle(record)
+
+    def _route_template(self, scope: Scope) -> str:
+        """The route template of a routed request, mounts included, or UNMATCHED_ROUTE."""
+        route = scope.get("route")
+        if route is None:
+            return UNMATCHED_ROUTE
+        leaf = getattr(route, "path_format", None) or getattr(route, "path", None)
+        if not isinstance(leaf, str):
+            return UNMATCHED_ROUTE
+        app_root = scope.get("app_root_path")
+        if app_root is None:
+            return leaf  # no Mount was crossed
+        prefix: str = scope.get("root_path", "")[len(app_root) :]
+        if not prefix:
+            return leaf
+        key = (prefix, leaf, id(route))
+        template = self._templates.get(key)
+        if template is None:
+            template = self._mounted_template(prefix, route, leaf)
+            if len(self._templates) < _MAX_CACHED_TEMPLATES:
+                self._templates[key] = template
+        return template
+
+    def _mounted_template(self, prefix: str, route: object, leaf: str) -> str:
+        """Replace the concrete mount prefix by the mounts' templates (`/users/{uid}`)."""
+        routes = getattr(self._routes_app, "routes", None) or []
+        parts: list[str] = []
+        remaining = prefix
+        while remaining:
+            for mount in routes:
+                regex = getattr(mount, "path_regex", None)
+                if regex is None or not hasattr(mount, "routes"):
+                    continue
+                match = regex.match(remaining + "/")
+                if match is None or "path" not in match.groupdict():
+                    continue
+                consumed = len(remaining) - len(match["path"])
+                if consumed <= 0:
+                    continue
+                if mount is route:
+                    # The mount itself answered (a mounted non-router app): its
+                    # own template ends the route.
+                    return "".join(parts) + leaf
+                parts.append(getattr(mount, "path", ""))
+                remaining = remaining[consumed:]
+                routes = getattr(mount, "routes", None) or []
+                break
+            else:
+                # Unknown mounts: keep the concrete prefix; the label guard bounds it.
+                parts.append(remaining)
+                break
+        return "".join(parts) + leaf
+
+
+async def _answer_500(send: Send) -> None:
+    """Answer 500 for an app that raised before responding.
+
+    Outermost (as `configure` installs us), Starlette's error middleware has
+    already answered. Wrapping a bare ASGI app, nobody has: answering here
+    makes even this response carry the request id.
+    """
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"Internal Server Error"})

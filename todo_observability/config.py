@@ -1,0 +1,458 @@
+"""Settings: every option declared once, with its environment variable, default and validation.
+
+`resolve_settings()` turns the keyword arguments of `configure()` into a frozen
+`Settings`. Each option takes, in order: the explicit argument, its environment
+variable, a documented default. An invalid value raises `ConfigurationError`
+naming the argument or variable, the value, and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from todo_observability.exceptions import ConfigurationError
+
+__all__ = ["OPTIONS", "Option", "Settings", "resolve_settings"]
+
+T = TypeVar("T")
+
+#: Environments in which every trace is kept by default.
+DEV_ENVIRONMENTS = frozenset({"dev", "development", "local", "test"})
+#: Environments in which one trace in ten is kept by default.
+PROD_ENVIRONMENTS = frozenset({"prod", "production"})
+TRACE_EXPORTERS = frozenset({"zipkin", "otlp", "console", "file", "memory", "none"})
+HEALTH_PATHS = ("/health/live", "/health/ready", "/health/startup")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+
+
+class _Invalid(ValueError):
+    """Raised by a parser: `what` completes "must be ...", `fix` says how to mend it."""
+
+    def __init__(self, what: str, fix: str = ""):
+        super().__init__(what)
+        self.what = what
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One setting: its `configure()` argument, environment variable, default and parser.
+
+    `parse` accepts either the raw environment string or the Python value given
+    to `configure()`, and returns the normalised value or raises `_Invalid`.
+    """
+
+    field: str
+    env: str
+    default: str
+    parse: Callable[[Any], T]
+    help: str
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid("a non-empty string")
+    return value.strip()
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _text(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+    raise _Invalid("a boolean", "Use one of true, false, 1, 0, yes, no, on, off.")
+
+
+def _ratio(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise _Invalid(
+            "a number between 0 and 1", "For example 0.1 keeps one trace in ten."
+        ) from None
+    if not 0.0 <= ratio <= 1.0:
+        raise _Invalid("a number between 0 and 1", "For example 0.1 keeps one trace in ten.")
+    return ratio
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _Invalid("a whole number greater than 0") from None
+    if number <= 0 or isinstance(value, bool):
+        raise _Invalid("a whole number greater than 0")
+    return number
+
+
+def _log_level(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = logging.getLevelName(value)
+    if isinstance(value, str):
+        name = value.strip().upper()
+        if name in {"CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"}:
+            return name
+    raise _Invalid("a log level", "Use one of DEBUG, INFO, WARNING, ERROR, CRITICAL.")
+
+
+def _url(value: Any) -> str:
+    text = _text(value)
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise _Invalid("an http:// or https:// URL", "For example http://zipkin:9411/api/v2/spans.")
+    return text
+
+
+def _optional_url(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _url(value)
+
+
+def _path(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    text = _text(value)
+    if not text.startswith("/"):
+        raise _Invalid("a URL path starting with '/'", f"For example '/{text}'.")
+    return text
+
+
+def _items(value: Any) -> tuple[str, ...]:
+    """A comma-separated string, or a sequence of strings."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
+        parts = [part.strip() for part in value]
+    else:
+        raise _Invalid("a comma-separated string or a list of strings")
+    return tuple(part for part in parts if part)
+
+
+def _paths(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    paths = _items(value)
+    for path in paths:
+        if not path.startswith("/"):
+            raise _Invalid("a list of URL paths, each starting with '/'", f"Fix {path!r}.")
+    return paths
+
+
+def _exporters(value: Any) -> tuple[str, ...]:
+    names = tuple(name.lower() for name in _items(value))
+    unknown = [name for name in names if name not in TRACE_EXPORTERS]
+    if unknown or not names:
+        raise _Invalid(
+            "a comma-separated list of " + ", ".join(sorted(TRACE_EXPORTERS)),
+            f"{', '.join(map(repr, unknown)) or 'an empty list'} is not one of them.",
+        )
+    if "none" in names and len(names) > 1:
+        raise _Invalid("'none' alone, or a list of exporters without 'none'")
+    return () if names == ("none",) else names
+
+
+def _header_name(value: Any) -> str:
+    text = _text(value)
+    if not _HEADER_NAME.match(text):
+        raise _Invalid("an HTTP header name (letters, digits and -)", "For example X-Request-ID.")
+    return text.lower()
+
+
+def _optional_header_name(value: Any) -> str | None:
+    text = _optional_text(value)
+    if text is not None and not _HEADER_NAME.match(text):
+        raise _Invalid("an HTTP header name (letters, digits and -)", "For example X-User-ID.")
+    return text.lower() if text else None
+
+
+def _header_names(value: Any) -> tuple[str, ...]:
+    names = _items(value)
+    for name in names:
+        if not _HEADER_NAME.match(name):
+            raise _Invalid("a list of HTTP header names", f"{name!r} is not a header name.")
+    return tuple(name.lower() for name in names)
+
+
+def _patterns(value: Any) -> tuple[str, ...]:
+    patterns = _items(value)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:  # noqa: PERF203 - runs once, at configuration time
+            raise _Invalid("a list of regular expressions", f"{pattern!r}: {exc}.") from None
+    return patterns
+
+
+def _resource_attributes(value: Any) -> dict[str, str]:
+    """`key=value,key2=value2` as OTEL_RESOURCE_ATTRIBUTES specifies (values percent-encoded)."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise _Invalid("a mapping of strings to strings")
+        return dict(value)
+    attributes: dict[str, str] = {}
+    for pair in _items(value):
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise _Invalid(
+                "a comma-separated list of key=value pairs",
+                f"{pair!r} has no '='; for example service.namespace=todo,team=core.",
+            )
+        attributes[key.strip()] = urllib.parse.unquote(raw.strip())
+    return attributes
+
+
+OPTIONS: tuple[Option[Any], ...] = (
+    Option(
+        "service_name",
+        "OTEL_SERVICE_NAME",
+        "service.name of OTEL_RESOURCE_ATTRIBUTES, else 'unknown_service'",
+        _optional_text,
+        "Name of the service, on every log line, span and target_info.",
+    ),
+    Option(
+        "service_version",
+        "TODO_OBS_SERVICE_VERSION",
+        "service.version of OTEL_RESOURCE_ATTRIBUTES, else '0.0.0'",
+        _optional_text,
+        "Version of the service (service.version).",
+    ),
+    Option(
+        "environment",
+        "TODO_OBS_ENVIRONMENT",
+        "deployment.environment of OTEL_RESOURCE_ATTRIBUTES, else 'dev'",
+        _optional_text,
+        "Deployment environment; chooses the default sampling ratio.",
+    ),
+    Option(
+        "resource_attributes",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "none",
+        _resource_attributes,
+        "Extra resource attributes, key=value pairs.",
+    ),
+    Option("log_level", "TODO_OBS_LOG_LEVEL", "INFO", _log_level, "Level of the root logger."),
+    Option("access_log", "TODO_OBS_ACCESS_LOG", "true", _bool, "One JSON line per request."),
+    Option(
+        "redact_keys",
+        "TODO_OBS_REDACT_KEYS",
+        "none",
+        _patterns,
+        "Extra regular expressions; values under matching keys are redacted.",
+    ),
+    Option(
+        "sample_ratio",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "1.0 in dev/development/local/test, 0.1 in prod/production, else 1.0",
+        _ratio,
+        "Share of new traces kept, between 0 and 1 (parent-based).",
+    ),
+    Option(
+        "traces_exporter",
+        "OTEL_TRACES_EXPORTER",
+        "zipkin",
+        _exporters,
+        "Comma-separated: zipkin, otlp, console, file, memory, or none.",
+    ),
+    Option(
+        "zipkin_endpoint",
+        "OTEL_EXPORTER_ZIPKIN_ENDPOINT",
+        "http://localhost:9411/api/v2/spans",
+        _url,
+        "Zipkin v2 JSON spans endpoint.",
+    ),
+    Option(
+        "otlp_endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "http://localhost:4318",
+        _url,
+        "OTLP/HTTP endpoint (needs the otlp extra).",
+    ),
+    Option(
+        "traces_file",
+        "TODO_OBS_TRACES_FILE",
+        "none",
+        _optional_text,
+        "File the file exporter appends Zipkin v2 JSON to, one span array per line.",
+    ),
+    Option(
+        "metrics_path",
+        "TODO_OBS_METRICS_PATH",
+        "/metrics",
+        _path,
+        "Path serving Prometheus metrics; empty to serve none.",
+    ),
+    Option(
+        "excluded_paths",
+        "TODO_OBS_EXCLUDED_PATHS",
+        "the metrics path and /health/live, /health/ready, /health/startup",
+        _paths,
+        "Paths left out of RED metrics, traces and the access log (failures are still logged).",
+    ),
+    Option(
+        "max_label_values",
+        "TODO_OBS_MAX_LABEL_VALUES",
+        "200",
+        _positive_int,
+        "Distinct values kept per metric label before the overflow value is used.",
+    ),
+    Option(
+        "request_id_header",
+        "TODO_OBS_REQUEST_ID_HEADER",
+        "X-Request-ID",
+        _header_name,
+        "Header carrying the request id in and out.",
+    ),
+    Option(
+        "user_id_header",
+        "TODO_OBS_USER_ID_HEADER",
+        "none (not trusted)",
+        _optional_header_name,
+        "A header trusted to carry the user id, such as X-User-ID; only set behind a trusted gateway.",
+    ),
+    Option(
+        "capture_headers",
+        "TODO_OBS_CAPTURE_HEADERS",
+        "none",
+        _header_names,
+        "Request headers recorded as span attributes (sensitive ones are redacted).",
+    ),
+    Option(
+        "load_plugins",
+        "TODO_OBS_LOAD_PLUGINS",
+        "true",
+        _bool,
+        "Load plugins from the todo_observability entry-point group.",
+    ),
+)
+
+_OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration. Build it with `resolve_settings()`; it never changes afterwards."""
+
+    service_name: str = "unknown_service"
+    service_version: str = "0.0.0"
+    environment: str = "dev"
+    resource_attributes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    log_level: str = "INFO"
+    access_log: bool = True
+    redact_keys: tuple[str, ...] = ()
+    sample_ratio: float = 1.0
+    traces_exporter: tuple[str, ...] = ("zipkin",)
+    zipkin_endpoint: str = "http://localhost:9411/api/v2/spans"
+    otlp_endpoint: str = "http://localhost:4318"
+    traces_file: str | None = None
+    metrics_path: str | None = "/metrics"
+    excluded_paths: tuple[str, ...] = ("/metrics", *HEALTH_PATHS)
+    max_label_values: int = 200
+    request_id_header: str = "x-request-id"
+    user_id_header: str | None = None
+    capture_headers: tuple[str, ...] = ()
+    load_plugins: bool = True
+
+
+def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, bool]:
+    """Value of one option and whether it was set (by argument or environment)."""
+    if given is not None:
+        source, raw = option.field, given
+    elif option.env in env:
+        source, raw = option.env, env[option.env]
+    else:
+        return None, False  # type: ignore[return-value]
+    try:
+        return option.parse(raw), True
+    except _Invalid as exc:
+        fix = f" {exc.fix}" if exc.fix else ""
+        raise ConfigurationError(
+            f"{source} must be {exc.what}, got {raw!r}.{fix}",
+            field=option.field,
+            env_var=option.env if source == option.env else None,
+            value=raw,
+        ) from None
+
+
+def default_sample_ratio(environment: str) -> float:
+    """The sampling ratio an environment gets when none is configured."""
+    return 0.1 if environment.lower() in PROD_ENVIRONMENTS else 1.0
+
+
+def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Settings:
+    """Resolve settings from keyword arguments, then the environment, then defaults.
+
+    Args:
+        env: The environment to read (defaults to `os.environ`).
+        **given: Values given to `configure()`; `None` means "not given".
+
+    Raises:
+        ConfigurationError: a value is invalid, or an argument is unknown.
+    """
+    env = os.environ if env is None else env
+    unknown = sorted(set(given) - set(_OPTIONS_BY_FIELD))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown setting {unknown[0]!r}. Known settings: {', '.join(sorted(_OPTIONS_BY_FIELD))}.",
+            field=unknown[0],
+        )
+    values: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for option in OPTIONS:
+        value, was_set = _resolve(option, given.get(option.field), env)
+        if was_set:
+            values[option.field] = value
+            explicit.add(option.field)
+
+    resource = values.get("resource_attributes", {})
+    # OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES, as the OTel spec says.
+    for field, key in (
+        ("service_name", "service.name"),
+        ("service_version", "service.version"),
+        ("environment", "deployment.environment.name"),
+        ("environment", "deployment.environment"),
+    ):
+        if values.get(field) is None and resource.get(key):
+            values[field] = resource[key]
+    # An option given as empty (None after parsing) falls back to its default, except
+    # metrics_path, where empty means "serve no metrics".
+    values = {k: v for k, v in values.items() if v is not None or k == "metrics_path"}
+    if values.get("sample_ratio") is None:
+        values["sample_ratio"] = default_sample_ratio(
+            values.get("environment", Settings.environment)
+        )
+    metrics_path = values["metrics_path"] if "metrics_path" in explicit else Settings.metrics_path
+    if "excluded_paths" not in values:
+        values["excluded_paths"] = tuple(p for p in (metrics_path, *HEALTH_PATHS) if p)
+    settings = Settings(**values)
+    if "file" in settings.traces_exporter and not settings.traces_file:
+        raise ConfigurationError(
+            "the 'file' trace exporter needs a file: set traces_file= or TODO_OBS_TRACES_FILE "
+            "(for example TODO_OBS_TRACES_FILE=spans.jsonl).",
+            field="traces_file",
+            env_var="TODO_OBS_TRACES_FILE",
+        )
+    return settings

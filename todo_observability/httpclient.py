@@ -1,0 +1,164 @@
+"""An instrumented httpx client: outgoing calls carry the trace and the correlation ids.
+
+Each request gets a CLIENT span, `traceparent`/`tracestate`, a `baggage` header
+holding `request_id` and `user_id`, the `X-Request-ID` header, and client RED
+metrics (`http_client_requests_total`, `http_client_request_duration_seconds`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from opentelemetry import baggage, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from todo_observability.context import (
+    BAGGAGE_REQUEST_ID,
+    BAGGAGE_USER_ID,
+    active_observability,
+    current_context,
+)
+from todo_observability.metrics import OTHER_METHOD, STANDARD_METHODS, metric_set
+from todo_observability.tracing import TRACER_NAME
+
+if TYPE_CHECKING:
+    from todo_observability._observability import Observability
+
+__all__ = ["AsyncInstrumentedTransport", "InstrumentedTransport", "create_http_client"]
+
+
+class _Call:
+    """One outgoing request: span, propagation headers, and metrics when it ends."""
+
+    __slots__ = ("method", "metrics", "server", "span", "start")
+
+    def __init__(self, request: httpx.Request, observability: Observability | None):
+        obs = observability or active_observability()
+        tracer = obs.tracer if obs is not None else trace.get_tracer(TRACER_NAME)
+        self.metrics = obs.metrics if obs is not None else metric_set()
+        method = request.method
+        self.method = method if method in STANDARD_METHODS else OTHER_METHOD
+        url = request.url
+        self.server = url.host or "unknown"
+        self.span = span = tracer.start_span(self.method, kind=SpanKind.CLIENT)
+        if span.is_recording():
+            span.set_attributes(
+                {
+                    "http.request.method": self.method,
+                    "server.address": self.server,
+                    "server.port": url.port or (443 if url.scheme == "https" else 80),
+                    "url.full": str(url.copy_with(query=None, fragment=None)),
+                }
+            )
+        ctx = trace.set_span_in_context(span)
+        request_ctx = current_context()
+        if request_ctx is not None:
+            ctx = baggage.set_baggage(BAGGAGE_REQUEST_ID, request_ctx.request_id, ctx)
+            if request_ctx.user_id is not None:
+                ctx = baggage.set_baggage(BAGGAGE_USER_ID, request_ctx.user_id, ctx)
+            header = obs.settings.request_id_header if obs is not None else "x-request-id"
+            if header not in request.headers:
+                request.headers[header] = request_ctx.request_id
+        propagate.inject(request.headers, context=ctx)
+        self.start = time.perf_counter()
+
+    def finish(self, status: int | None, error: BaseException | None) -> None:
+        elapsed = time.perf_counter() - self.start
+        counter, histogram = self.metrics.client_children(
+            self.method, self.server, str(status) if status is not None else "error"
+        )
+        counter.inc()
+        histogram.observe(elapsed)
+        span = self.span
+        if span.is_recording():
+            if status is not None:
+                span.set_attribute("http.response.status_code", status)
+            if error is not None:
+                span.record_exception(error)
+                span.set_attribute("error.type", type(error).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+            elif status is not None and status >= 400:
+                span.set_attribute("error.type", str(status))
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+
+
+class AsyncInstrumentedTransport(httpx.AsyncBaseTransport):
+    """An httpx async transport that instruments every request it sends.
+
+    Args:
+        transport: The transport that does the I/O (default: `httpx.AsyncHTTPTransport()`).
+        observability: Record into this; by default the one serving the current request.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        observability: Observability | None = None,
+    ):
+        self.transport = transport or httpx.AsyncHTTPTransport()
+        self.observability = observability
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` inside a CLIENT span with propagation headers."""
+        call = _Call(request, self.observability)
+        try:
+            response = await self.transport.handle_async_request(request)
+        except BaseException as exc:
+            call.finish(None, exc)
+            raise
+        call.finish(response.status_code, None)
+        return response
+
+    async def aclose(self) -> None:
+        """Close the wrapped transport."""
+        await self.transport.aclose()
+
+
+class InstrumentedTransport(httpx.BaseTransport):
+    """The synchronous counterpart of `AsyncInstrumentedTransport`."""
+
+    def __init__(
+        self,
+        transport: httpx.BaseTransport | None = None,
+        *,
+        observability: Observability | None = None,
+    ):
+        self.transport = transport or httpx.HTTPTransport()
+        self.observability = observability
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request` inside a CLIENT span with propagation headers."""
+        call = _Call(request, self.observability)
+        try:
+            response = self.transport.handle_request(request)
+        except BaseException as exc:
+            call.finish(None, exc)
+            raise
+        call.finish(response.status_code, None)
+        return response
+
+    def close(self) -> None:
+        """Close the wrapped transport."""
+        self.transport.close()
+
+
+def create_http_client(
+    *,
+    observability: Observability | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **kwargs: Any,
+) -> httpx.AsyncClient:
+    """An `httpx.AsyncClient` whose requests carry trace context and correlation ids.
+
+    Args:
+        observability: Record into this; by default the one serving the current request.
+        transport: The transport that does the I/O (default: httpx's own).
+        **kwargs: Passed to `httpx.AsyncClient` (base_url, timeout, headers, ...).
+    """
+    return httpx.AsyncClient(
+        transport=AsyncInstrumentedTransport(transport, observability=observability), **kwargs
+    )

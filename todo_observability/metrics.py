@@ -1,0 +1,397 @@
+"""The metric catalogue, RED recorders with a cardinality guard, and the `/metrics` endpoint.
+
+Every metric the SDK emits is declared once in `CATALOGUE`: name, type, help,
+label names and buckets. Dashboards and alert rules are generated from (or
+checked against) this module, so nothing can query a metric that no service
+emits.
+
+Service identity is not a label: Prometheus attaches `job` and `instance` from
+the scrape target (a ServiceMonitor or scrape config names the job after the
+service), and every registry exposes `target_info{service_name, service_version,
+deployment_environment}` for joins.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
+
+from todo_observability.context import active_observability
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import MetricWrapperBase
+
+__all__ = [
+    "CATALOGUE",
+    "LATENCY_BUCKETS",
+    "OTHER_METHOD",
+    "OVERFLOW_VALUE",
+    "UNMATCHED_ROUTE",
+    "LabelGuard",
+    "MetricSet",
+    "MetricSpec",
+    "measured",
+    "metric_set",
+    "metrics_app",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Request latency buckets, in seconds. 0.5 s is the latency SLO boundary.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: The `route` of requests that matched no route.
+UNMATCHED_ROUTE = "<unmatched>"
+#: The value a label takes once its distinct values exceed the cap.
+OVERFLOW_VALUE = "<other>"
+#: The `method` of requests with a non-standard HTTP method (as OTel semantic conventions say).
+OTHER_METHOD = "_OTHER"
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """The declaration of one metric.
+
+    Attributes:
+        name: The exposed name; counters end in `_total`, units are suffixes (`_seconds`).
+        type: counter, gauge or histogram.
+        help: One sentence for the HELP line.
+        labels: Label names, in order.
+        buckets: Histogram bucket upper bounds.
+        multiprocess_mode: How gauges aggregate across worker processes.
+    """
+
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = LATENCY_BUCKETS
+    multiprocess_mode: Literal["livesum", "liveall", "max", "min", "sum", "all"] = "livesum"
+
+
+HTTP_SERVER_REQUESTS = MetricSpec(
+    "http_server_requests_total",
+    "counter",
+    "HTTP requests served, by method, route template and status code.",
+    ("method", "route", "status_code"),
+)
+HTTP_SERVER_DURATION = MetricSpec(
+    "http_server_request_duration_seconds",
+    "histogram",
+    "Time to serve an HTTP request, from first byte in to last byte out.",
+    ("method", "route"),
+)
+HTTP_SERVER_IN_FLIGHT = MetricSpec(
+    "http_server_requests_in_flight", "gauge", "HTTP requests being served now."
+)
+HTTP_CLIENT_REQUESTS = MetricSpec(
+    "http_client_requests_total",
+    "counter",
+    "Outgoing HTTP requests, by method, server address and status code ('error' when no response came).",
+    ("method", "server_address", "status_code"),
+)
+HTTP_CLIENT_DURATION = MetricSpec(
+    "http_client_request_duration_seconds",
+    "histogram",
+    "Time from sending an outgoing HTTP request to its response headers.",
+    ("method", "server_address"),
+)
+OPERATIONS = MetricSpec(
+    "operations_total",
+    "counter",
+    "Operations measured with measured(), by operation and outcome (success or error).",
+    ("operation", "outcome"),
+)
+OPERATION_DURATION = MetricSpec(
+    "operation_duration_seconds",
+    "histogram",
+    "Time taken by operations measured with measured().",
+    ("operation",),
+)
+SPANS_DROPPED = MetricSpec(
+    "todo_observability_spans_dropped_total",
+    "counter",
+    "Finished spans that were never exported, by reason (queue_full, export_failed, exporter_unavailable).",
+    ("reason",),
+)
+LABEL_OVERFLOW = MetricSpec(
+    "todo_observability_label_overflow_total",
+    "counter",
+    f"Observations whose label value was replaced by {OVERFLOW_VALUE!r} by the cardinality guard.",
+    ("metric", "label"),
+)
+PLUGIN_ERRORS = MetricSpec(
+    "todo_observability_plugin_errors_total",
+    "counter",
+    "Exceptions raised by plugin hooks (they never fail a request).",
+    ("hook",),
+)
+
+#: Every metric the SDK emits.
+CATALOGUE: tuple[MetricSpec, ...] = (
+    HTTP_SERVER_REQUESTS,
+    HTTP_SERVER_DURATION,
+    HTTP_SERVER_IN_FLIGHT,
+    HTTP_CLIENT_REQUESTS,
+    HTTP_CLIENT_DURATION,
+    OPERATIONS,
+    OPERATION_DURATION,
+    SPANS_DROPPED,
+    LABEL_OVERFLOW,
+    PLUGIN_ERRORS,
+)
+
+
+def _create(spec: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
+    if spec.type == "counter":
+        return Counter(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.type == "gauge":
+        return Gauge(
+            spec.name,
+            spec.help,
+            spec.labels,
+            registry=registry,
+            multiprocess_mode=spec.multiprocess_mode,
+        )
+    return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
+
+
+class LabelGuard:
+    """Caps the distinct values of each label of each metric.
+
+    The first `max_values` distinct values of a label are kept; later new
+    values become `OVERFLOW_VALUE` and are counted in
+    `todo_observability_label_overflow_total{metric, label}`.
+    """
+
+    def __init__(self, max_values: int, overflow: Counter):
+        self.max_values = max_values
+        self._seen: dict[tuple[str, str], set[str]] = {}
+        self._overflow = overflow
+        self._lock = threading.Lock()
+
+    def admit(self, metric: str, label: str, value: str) -> str:
+        """The value to record for `label` of `metric`: `value`, or the overflow value."""
+        seen = self._seen.get((metric, label))
+        if seen is not None and value in seen:
+            return value
+        with self._lock:
+            seen = self._seen.setdefault((metric, label), set())
+            if value in seen:
+                return value
+            if len(seen) < self.max_values:
+                seen.add(value)
+                return value
+        self._overflow.labels(metric, label).inc()
+        return OVERFLOW_VALUE
+
+
+class MetricSet:
+    """The catalogue's metrics, created once in one registry.
+
+    Get it with `metric_set(registry)`: several apps in one process share a
+    registry's metrics instead of failing on duplicate names.
+    """
+
+    def __init__(self, registry: CollectorRegistry, max_label_values: int = 200):
+        self.registry = registry
+        self.by_name: dict[str, MetricWrapperBase] = {
+            spec.name: _create(spec, registry) for spec in CATALOGUE
+        }
+        self.guard = LabelGuard(max_label_values, self.counter(LABEL_OVERFLOW))
+        # Label children cached by raw label values, so the hot path does one
+        # dict lookup instead of prometheus_client's locked `labels()` per metric.
+        self._server: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._client: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._operations: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def counter(self, spec: MetricSpec) -> Counter:
+        """The Counter declared by `spec`."""
+        metric = self.by_name[spec.name]
+        assert isinstance(metric, Counter)
+        return metric
+
+    def gauge(self, spec: MetricSpec) -> Gauge:
+        """The Gauge declared by `spec`."""
+        metric = self.by_name[spec.name]
+        assert isinstance(metric, Gauge)
+        return metric
+
+    def histogram(self, spec: MetricSpec) -> Histogram:
+        """The Histogram declared by `spec`."""
+        metric = self.by_name[spec.name]
+        assert isinstance(metric, Histogram)
+        return metric
+
+    def _cache_limit(self) -> int:
+        return 4 * self.guard.max_values
+
+    def server_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        """(requests counter child, duration histogram child) for one request's labels."""
+        key = (method, route, status)
+        children = self._server.get(key)
+        if children is None:
+            guard = self.guard.admit
+            route = guard(HTTP_SERVER_REQUESTS.name, "route", route)
+            status_code = guard(HTTP_SERVER_REQUESTS.name, "status_code", str(status))
+            children = (
+                self.counter(HTTP_SERVER_REQUESTS).labels(method, route, status_code),
+                self.histogram(HTTP_SERVER_DURATION).labels(method, route),
+            )
+            if len(self._server) < self._cache_limit():
+                self._server[key] = children
+        return children
+
+    def client_children(self, method: str, host: str, status: str) -> tuple[Any, Any]:
+        """(requests counter child, duration histogram child) for one outgoing request."""
+        key = (method, host, status)
+        children = self._client.get(key)
+        if children is None:
+            host = self.guard.admit(HTTP_CLIENT_REQUESTS.name, "server_address", host)
+            status = self.guard.admit(HTTP_CLIENT_REQUESTS.name, "status_code", status)
+            children = (
+                self.counter(HTTP_CLIENT_REQUESTS).labels(method, host, status),
+                self.histogram(HTTP_CLIENT_DURATION).labels(method, host),
+            )
+            if len(self._client) < self._cache_limit():
+                self._client[key] = children
+        return children
+
+    def operation_children(self, operation: str, outcome: str) -> tuple[Any, Any]:
+        """(operations counter child, duration histogram child) for one operation outcome."""
+        key = (operation, outcome)
+        children = self._operations.get(key)
+        if children is None:
+            operation = self.guard.admit(OPERATIONS.name, "operation", operation)
+            children = (
+                self.counter(OPERATIONS).labels(operation, outcome),
+                self.histogram(OPERATION_DURATION).labels(operation),
+            )
+            if len(self._operations) < self._cache_limit():
+                self._operations[key] = children
+        return children
+
+
+_metric_sets: weakref.WeakKeyDictionary[CollectorRegistry, MetricSet] = weakref.WeakKeyDictionary()
+_metric_sets_lock = threading.Lock()
+
+
+def metric_set(registry: CollectorRegistry | None = None, max_label_values: int = 200) -> MetricSet:
+    """The `MetricSet` of `registry` (default: prometheus_client's global registry), created once."""
+    registry = DEFAULT_REGISTRY if registry is None else registry
+    with _metric_sets_lock:
+        metrics = _metric_sets.get(registry)
+        if metrics is None:
+            metrics = _metric_sets[registry] = MetricSet(registry, max_label_values)
+        return metrics
+
+
+def metrics_app(registry: CollectorRegistry | None = None) -> Callable[..., Awaitable[None]]:
+    """An ASGI app serving `registry` in the Prometheus or OpenMetrics text format.
+
+    The format follows the Accept header (OpenMetrics, with exemplars, when the
+    scraper asks for it). When `PROMETHEUS_MULTIPROC_DIR` is set, it serves the
+    aggregate of every worker process instead.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return make_asgi_app(DEFAULT_REGISTRY if registry is None else registry)
+
+
+class measured:
+    """RED metrics for any operation: a decorator (sync or async) and a context manager.
+
+    Records `operations_total{operation, outcome}` (outcome `success`, or
+    `error` when an exception escapes) and `operation_duration_seconds{operation}`:
+
+        @measured("rrule.next_occurrence")
+        def next_occurrence(rule: str) -> datetime: ...
+
+        with measured("smtp.send"):
+            await smtp.send_message(message)
+
+    Metrics go to the registry of the `Observability` serving the current
+    request, else of the last one configured, else prometheus_client's default.
+    """
+
+    __slots__ = ("_operation", "_starts")
+
+    def __init__(self, operation: str):
+        if not operation:
+            raise ValueError("measured() needs an operation name, such as 'smtp.send'.")
+        self._operation = operation
+        self._starts: list[float] = []
+
+    def __enter__(self) -> None:
+        self._starts.append(time.perf_counter())
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed = time.perf_counter() - self._starts.pop()
+        _record_operation(self._operation, "error" if exc_type is not None else "success", elapsed)
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
+        """Wrap `func` (sync or async) so that each call is measured."""
+        operation = self._operation
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                start = time.perf_counter()
+                outcome = "error"
+                try:
+                    result = await func(*args, **kwargs)
+                    outcome = "success"
+                    return result
+                finally:
+                    _record_operation(operation, outcome, time.perf_counter() - start)
+
+            return async_wrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            start = time.perf_counter()
+            outcome = "error"
+            try:
+                result = func(*args, **kwargs)
+                outcome = "success"
+                return result
+            finally:
+                _record_operation(operation, outcome, time.perf_counter() - start)
+
+        return wrapper
+
+
+def _record_operation(operation: str, outcome: str, elapsed: float) -> None:
+    obs = active_observability()
+    metrics = obs.metrics if obs is not None else metric_set()
+    counter, histogram = metrics.operation_children(operation, outcome)
+    counter.inc()
+    histogram.observe(elapsed)

@@ -1,0 +1,288 @@
+"""Tracing: the tracer provider, its sampler and exporters, and the `traced` decorator.
+
+Spans leave through a batch processor with a bounded queue. An unreachable
+collector costs the request path nothing: exports happen on the processor's
+thread, a failing exporter is skipped (without encoding spans) while it backs
+off, and every span that is never exported is counted in
+`todo_observability_spans_dropped_total{reason}`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from todo_observability.context import active_observability
+from todo_observability.exceptions import MissingExtraError
+
+if TYPE_CHECKING:
+    from prometheus_client import Counter
+
+    from todo_observability.config import Settings
+
+__all__ = [
+    "GuardedSpanExporter",
+    "ZipkinFileSpanExporter",
+    "build_tracer_provider",
+    "traced",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_log = logging.getLogger("todo_observability.tracing")
+TRACER_NAME = "todo_observability"
+
+
+class GuardedSpanExporter(SpanExporter):
+    """Wraps an exporter so that a dead collector is cheap, quiet and counted.
+
+    After a failed export the wrapped exporter is not called again until a
+    backoff (1 s, doubling up to `max_backoff`) has passed; batches that arrive
+    meanwhile are dropped without being encoded. Each outage is logged once when
+    it starts and once when it ends.
+    """
+
+    def __init__(self, exporter: SpanExporter, dropped: Counter, *, max_backoff: float = 30.0):
+        self.exporter = exporter
+        self._export_failed = dropped.labels("export_failed")
+        self._unavailable = dropped.labels("exporter_unavailable")
+        self._max_backoff = max_backoff
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        self._name = type(exporter).__name__
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export `spans`, or drop and count them while the exporter backs off."""
+        if self._backoff and time.monotonic() < self._retry_at:
+            self._unavailable.inc(len(spans))
+            return SpanExportResult.FAILURE
+        try:
+            result = self.exporter.export(spans)
+            error: BaseException | None = None
+        except Exception as exc:  # noqa: BLE001 - an exporter must never break the processor thread
+            result, error = SpanExportResult.FAILURE, exc
+        if result is SpanExportResult.SUCCESS:
+            if self._backoff:
+                _log.warning("%s recovered; spans are exported again", self._name)
+            self._backoff = 0.0
+            return result
+        self._export_failed.inc(len(spans))
+        if not self._backoff:
+            _log.warning(
+                "%s failed, spans are dropped until it recovers: %s",
+                self._name,
+                error or "export returned FAILURE",
+            )
+        self._backoff = min(self._max_backoff, self._backoff * 2 or 1.0)
+        self._retry_at = time.monotonic() + self._backoff
+        return result
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self.exporter.force_flush(timeout_millis)
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """A BatchSpanProcessor that counts the spans it drops because its queue is full.
+
+    The SDK drops silently (and logs a warning per span); we count instead and
+    skip the per-span warning, which would otherwise flood the logs exactly when
+    the system is already in trouble.
+    """
+
+    def __init__(self, exporter: SpanExporter, dropped: Counter):
+        super().__init__(exporter)
+        self._queue_full = dropped.labels("queue_full")
+        # The SDK exposes no public queue length; read it where this SDK version
+        # keeps it, and fall back to the SDK's own behaviour if that ever moves.
+        processor = getattr(self, "_batch_processor", None)
+        self._queue = getattr(processor, "_queue", None)
+        self._max_queue = getattr(processor, "_max_queue_size", None)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Queue `span` for export, or count it as dropped when the queue is full."""
+        if self._queue is not None and len(self._queue) >= (self._max_queue or 0):
+            self._queue_full.inc()
+            return
+        super().on_end(span)
+
+
+class ZipkinFileSpanExporter(SpanExporter):
+    """Appends spans to a file as Zipkin v2 JSON, one JSON array of spans per line.
+
+    For local runs without a collector: the file can be read by `todo-obs`,
+    uploaded to Zipkin's `/api/v2/spans` line by line, or inspected with jq.
+    """
+
+    def __init__(self, path: str):
+        from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
+        from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
+
+        self.path = path
+        self._encoder = JsonV2Encoder()
+        self._node = NodeEndpoint()
+        self._lock = threading.Lock()
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in shutdown()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Append one line holding `spans`."""
+        if not spans:
+            return SpanExportResult.SUCCESS
+        service = spans[0].resource.attributes.get("service.name")
+        if isinstance(service, str):
+            self._node.service_name = service
+        line: str = self._encoder.serialize(spans, self._node)  # type: ignore[arg-type]
+        with self._lock:
+            if self._file.closed:
+                return SpanExportResult.FAILURE
+            self._file.write(line + "\n")
+            self._file.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the file."""
+        with self._lock:
+            self._file.close()
+
+
+def _exporter(name: str, settings: Settings) -> SpanExporter:
+    if name == "zipkin":
+        from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+        return ZipkinExporter(endpoint=settings.zipkin_endpoint, timeout=5)
+    if name == "otlp":
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            raise MissingExtraError(
+                "The otlp trace exporter", "otlp", "opentelemetry-exporter-otlp-proto-http"
+            ) from None
+        endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
+        return OTLPSpanExporter(endpoint=endpoint)  # type: ignore[no-any-return,unused-ignore]
+    if name == "console":
+        return ConsoleSpanExporter()
+    assert name == "file"
+    assert settings.traces_file
+    return ZipkinFileSpanExporter(settings.traces_file)
+
+
+def build_resource(settings: Settings) -> Resource:
+    """The resource every span carries: service name, version and environment."""
+    attributes: dict[str, Any] = dict(settings.resource_attributes)
+    attributes.update(
+        {
+            "service.name": settings.service_name,
+            "service.version": settings.service_version,
+            "deployment.environment.name": settings.environment,
+            # The older key, still read by Zipkin-era tooling and dashboards.
+            "deployment.environment": settings.environment,
+        }
+    )
+    return Resource.create(attributes)
+
+
+def build_tracer_provider(
+    settings: Settings, dropped: Counter
+) -> tuple[TracerProvider, InMemorySpanExporter | None]:
+    """A provider sampling ParentBased(TraceIdRatioBased(ratio)) with the configured exporters.
+
+    Returns the provider and, when the `memory` exporter is configured, its exporter.
+    """
+    provider = TracerProvider(
+        resource=build_resource(settings),
+        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+    )
+    memory: InMemorySpanExporter | None = None
+    for name in settings.traces_exporter:
+        processor: SpanProcessor
+        if name == "memory":
+            memory = InMemorySpanExporter()
+            processor = SimpleSpanProcessor(memory)
+        else:
+            processor = CountingBatchSpanProcessor(
+                GuardedSpanExporter(_exporter(name, settings), dropped), dropped
+            )
+        provider.add_span_processor(processor)
+    return provider, memory
+
+
+def get_tracer() -> trace.Tracer:
+    """The tracer of the active `Observability`, else OpenTelemetry's global tracer."""
+    obs = active_observability()
+    return obs.tracer if obs is not None else trace.get_tracer(TRACER_NAME)
+
+
+def _redacted(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not attributes:
+        return None
+    obs = active_observability()
+    return obs.redactor.redact(attributes) if obs is not None else dict(attributes)
+
+
+class traced:
+    """Run a function (sync or async) inside a child span.
+
+    The span is named `name` (default: the function's qualified name), carries
+    `attributes` (sensitive keys redacted), records an escaping exception and
+    sets the span status to ERROR, then re-raises.
+
+        @traced("rrule.calculate_next_occurrence", attributes={"component": "recurring"})
+        def next_occurrence(rule: str, after: datetime) -> datetime | None: ...
+    """
+
+    __slots__ = ("_attributes", "_name")
+
+    def __init__(self, name: str | None = None, *, attributes: Mapping[str, Any] | None = None):
+        self._name = name
+        self._attributes = attributes
+
+    @overload
+    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
+        """Wrap `func` (sync or async) so that each call runs inside the span."""
+        name = self._name or func.__qualname__
+        attributes = self._attributes
+
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                # start_as_current_span records an escaping exception and sets ERROR.
+                with get_tracer().start_as_current_span(name, attributes=_redacted(attributes)):
+                    return await func(*args, **kwargs)
+
+            return async_wrapper
+
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+            with get_tracer().start_as_current_span(name, attributes=_redacted(attributes)):
+                return func(*args, **kwargs)
+
+        return wrapper
