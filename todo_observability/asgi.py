@@ -182,7 +182,10 @@ class ObservabilityMiddleware:
                 raise
             finally:
                 if status >= 400 and self._access_log:
-                    self._log_access(scope, "", status, start, user_agent, None)
+                    # A failing probe is news, not an application error.
+                    self._log_access(
+                        scope, "", status, start, user_agent, None, level=logging.WARNING
+                    )
                 exit_context(token)
             return
 
@@ -286,8 +289,11 @@ class ObservabilityMiddleware:
         user_agent: bytes,
         error: BaseException | None,
         elapsed: float | None = None,
+        *,
+        level: int | None = None,
     ) -> None:
-        level = logging.ERROR if status >= 500 else logging.INFO
+        if level is None:
+            level = logging.ERROR if status >= 500 else logging.INFO
         access = self._access
         if not access.isEnabledFor(level):
             return

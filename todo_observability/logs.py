@@ -83,10 +83,14 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         """Render `record` as one JSON line."""
         ctx = current_context()
         span_context = trace.get_current_span().get_span_context()
+        service_name = self.service_name
+        if ctx is not None and ctx.observability is not None:
+            # Several apps may share one process (and this handler): name the one serving.
+            service_name = ctx.observability.settings.service_name
         data: dict[str, Any] = {
             "timestamp": self._timestamp(record.created),
             "level": record.levelname,
-            "service_name": self.service_name,
+            "service_name": service_name,
             "logger": record.name,
             "message": record.getMessage(),
             "request_id": ctx.request_id if ctx is not None else None,
@@ -134,8 +138,18 @@ class LoggingSetup:
     root_level: int
     saved: dict[str, tuple[list[logging.Handler], bool, bool]] = field(default_factory=dict)
 
+    superseded: bool = False
+
     def undo(self) -> None:
-        """Remove our handler and restore the uvicorn loggers as they were."""
+        """Remove our handler and restore the root and uvicorn loggers as they were.
+
+        Does nothing once a later `configure_logging` call has taken over.
+        """
+        global _installed
+        if self.superseded:
+            return
+        if _installed is self:
+            _installed = None
         logging.getLogger().removeHandler(self.handler)
         logging.getLogger().setLevel(self.root_level)
         for name, (handlers, propagate, disabled) in self.saved.items():
@@ -170,23 +184,35 @@ def configure_logging(
     Returns:
         A `LoggingSetup` whose `undo()` reverses the changes.
     """
+    global _installed
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _HANDLER_MARK, False):
-            root.removeHandler(handler)
     handler = logging.StreamHandler(stream or sys.stdout)
     setattr(handler, _HANDLER_MARK, True)
     handler.setFormatter(JsonFormatter(service_name, redactor=redactor, enrichers=enrichers))
-    setup = LoggingSetup(handler=handler, root_level=root.level)
+    previous = _installed
+    if previous is not None:
+        # Take over from the earlier call: same originals to restore, one handler.
+        previous.superseded = True
+        root.removeHandler(previous.handler)
+        setup = LoggingSetup(handler, previous.root_level, previous.saved)
+    else:
+        setup = LoggingSetup(handler, root.level)
+        for name in _UVICORN_LOGGERS:
+            logger = logging.getLogger(name)
+            setup.saved[name] = (list(logger.handlers), logger.propagate, logger.disabled)
     root.addHandler(handler)
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in _UVICORN_LOGGERS:
         logger = logging.getLogger(name)
-        setup.saved[name] = (list(logger.handlers), logger.propagate, logger.disabled)
         logger.handlers.clear()
         logger.propagate = name != "uvicorn.access"
     logging.getLogger("uvicorn.access").disabled = True
+    _installed = setup
     return setup
+
+
+_UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_installed: LoggingSetup | None = None
 
 
 def get_logger(name: str | None = None) -> logging.Logger:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -113,8 +114,18 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
     the system is already in trouble.
     """
 
-    def __init__(self, exporter: SpanExporter, dropped: Counter):
-        super().__init__(exporter)
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        dropped: Counter,
+        *,
+        max_queue_size: int | None = None,
+        max_export_batch_size: int | None = None,
+    ):
+        # None means the SDK default, which honours OTEL_BSP_MAX_QUEUE_SIZE and friends.
+        super().__init__(
+            exporter, max_queue_size=max_queue_size, max_export_batch_size=max_export_batch_size
+        )
         self._queue_full = dropped.labels("queue_full")
         # The SDK exposes no public queue length; read it where this SDK version
         # keeps it, and fall back to the SDK's own behaviour if that ever moves.
@@ -185,7 +196,8 @@ def _exporter(name: str, settings: Settings) -> SpanExporter:
         endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
         return OTLPSpanExporter(endpoint=endpoint)  # type: ignore[no-any-return,unused-ignore]
     if name == "console":
-        return ConsoleSpanExporter()
+        # The SDK's default binds the sys.stdout of import time; use today's.
+        return ConsoleSpanExporter(out=sys.stdout)
     assert name == "file"
     assert settings.traces_file
     return ZipkinFileSpanExporter(settings.traces_file)

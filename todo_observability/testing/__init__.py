@@ -55,7 +55,9 @@ class LogCapture(io.TextIOBase):
         from todo_observability.logs import _HANDLER_MARK
 
         for handler in logging.getLogger().handlers:
-            if getattr(handler, _HANDLER_MARK, False) and isinstance(handler, logging.StreamHandler):
+            if getattr(handler, _HANDLER_MARK, False) and isinstance(
+                handler, logging.StreamHandler
+            ):
                 self._redirected.append((handler, handler.setStream(self)))
 
     def uninstall(self) -> None:

@@ -1,0 +1,73 @@
+"""Development sessions: tests on every supported Python, lint, typecheck, docs, benchmarks.
+
+Run `nox` for the default set (what CI runs), or `nox -s tests-3.12` for one.
+Environments are built with uv from the dependency groups in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "uv"
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.error_on_missing_interpreters = os.environ.get("CI") == "true"
+
+
+def _install(session: nox.Session, *groups: str, extras: str = "") -> None:
+    """Install the project (editable) with dependency groups, through uv."""
+    args = ["uv", "pip", "install", "--python", str(session.virtualenv.location)]
+    args += ["-e", f".[{extras}]" if extras else "."]
+    for group in groups:
+        args += ["--group", group]
+    session.run_install(*args, external=True, silent=True)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite with branch coverage on one Python version."""
+    _install(session, "tests", extras="fastapi")
+    if os.environ.get("CI") == "true" and shutil.which("promtool") is None:
+        session.error("promtool is missing: install the Debian package 'prometheus' (./dev does).")
+    session.run(
+        "pytest",
+        "--cov",
+        "--cov-report=term",
+        f"--cov-report=xml:coverage-{session.python}.xml",
+        *session.posargs,
+        env={"COVERAGE_FILE": f".coverage.{session.python}"},
+    )
+
+
+@nox.session(python="3.12")
+def lint(session: nox.Session) -> None:
+    """Lint with ruff check and ruff format --check."""
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", *session.posargs, ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.12")
+def typecheck(session: nox.Session) -> None:
+    """Type-check with mypy --strict: package, tests, examples, reference app, benchmarks, this file."""
+    _install(session, "typing", "benchmarks", extras="fastapi")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python="3.12")
+def docs(session: nox.Session) -> None:
+    """Build the mkdocs site with --strict (a broken link or reference fails)."""
+    _install(session, "docs", extras="fastapi")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+
+
+@nox.session(python="3.12", default=False)
+def benchmarks(session: nox.Session) -> None:
+    """Side-by-side benchmarks against the peer libraries (not run by default)."""
+    _install(session, "benchmarks", extras="fastapi")
+    session.run("python", "-m", "benchmarks.run", *session.posargs)

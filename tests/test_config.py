@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import pytest
+
+from todo_observability.config import OPTIONS, Settings, resolve_settings
+from todo_observability.exceptions import ConfigurationError
+
+
+def test_defaults_without_environment() -> None:
+    settings = resolve_settings(env={})
+    assert settings == Settings()
+    assert settings.sample_ratio == 1.0
+    assert settings.excluded_paths == (
+        "/metrics",
+        "/health/live",
+        "/health/ready",
+        "/health/startup",
+    )
+
+
+def test_argument_wins_over_environment() -> None:
+    settings = resolve_settings(env={"OTEL_SERVICE_NAME": "from-env"}, service_name="from-arg")
+    assert settings.service_name == "from-arg"
+
+
+def test_environment_wins_over_default() -> None:
+    settings = resolve_settings(env={"OTEL_SERVICE_NAME": "backend", "TODO_OBS_LOG_LEVEL": "debug"})
+    assert settings.service_name == "backend"
+    assert settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("environment", "ratio"),
+    [
+        ("dev", 1.0),
+        ("development", 1.0),
+        ("local", 1.0),
+        ("prod", 0.1),
+        ("production", 0.1),
+        ("staging", 1.0),
+    ],
+)
+def test_sample_ratio_follows_environment(environment: str, ratio: float) -> None:
+    assert resolve_settings(env={}, environment=environment).sample_ratio == ratio
+
+
+def test_explicit_sample_ratio_always_wins() -> None:
+    settings = resolve_settings(env={"OTEL_TRACES_SAMPLER_ARG": "0.5"}, environment="prod")
+    assert settings.sample_ratio == 0.5
+
+
+def test_invalid_environment_value_names_variable_value_and_fix() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        resolve_settings(env={"OTEL_TRACES_SAMPLER_ARG": "1.5"})
+    message = str(info.value)
+    assert message.startswith(
+        "OTEL_TRACES_SAMPLER_ARG must be a number between 0 and 1, got '1.5'."
+    )
+    assert "0.1 keeps one trace in ten" in message
+    assert info.value.env_var == "OTEL_TRACES_SAMPLER_ARG"
+    assert info.value.field == "sample_ratio"
+    assert isinstance(info.value, ValueError)
+
+
+def test_invalid_argument_names_the_argument() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^max_label_values must be a whole number greater than 0, got -3\.$",
+    ):
+        resolve_settings(env={}, max_label_values=-3)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"TODO_OBS_ACCESS_LOG": "maybe"}, "TODO_OBS_ACCESS_LOG must be a boolean, got 'maybe'"),
+        ({"TODO_OBS_LOG_LEVEL": "LOUD"}, "Use one of DEBUG, INFO"),
+        ({"OTEL_EXPORTER_ZIPKIN_ENDPOINT": "zipkin:9411"}, "must be an http:// or https:// URL"),
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "'jaeger' is not one of them"),
+        ({"OTEL_TRACES_EXPORTER": "none,zipkin"}, "'none' alone"),
+        ({"TODO_OBS_METRICS_PATH": "metrics"}, "For example '/metrics'"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "team"}, "'team' has no '='"),
+        ({"TODO_OBS_REDACT_KEYS": "ssn,(unclosed"}, "a list of regular expressions"),
+        ({"TODO_OBS_USER_ID_HEADER": "X User"}, "an HTTP header name"),
+        ({"TODO_OBS_EXCLUDED_PATHS": "/ok,bad"}, "Fix 'bad'"),
+    ],
+)
+def test_each_invalid_value_is_explained(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        resolve_settings(env=env)
+    assert fragment in str(info.value)
+
+
+def test_file_exporter_requires_a_file() -> None:
+    with pytest.raises(ConfigurationError, match="TODO_OBS_TRACES_FILE"):
+        resolve_settings(env={"OTEL_TRACES_EXPORTER": "file"})
+
+
+def test_unknown_argument_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="unknown setting 'servce_name'"):
+        resolve_settings(env={}, servce_name="x")
+
+
+def test_resource_attributes_supply_service_identity() -> None:
+    settings = resolve_settings(
+        env={
+            "OTEL_RESOURCE_ATTRIBUTES": "service.name=recurring,service.version=1.2.3,"
+            "deployment.environment=production,team=todo%20core"
+        }
+    )
+    assert settings.service_name == "recurring"
+    assert settings.service_version == "1.2.3"
+    assert settings.environment == "production"
+    assert settings.sample_ratio == 0.1
+    assert settings.resource_attributes["team"] == "todo core"
+
+
+def test_otel_service_name_wins_over_resource_attributes() -> None:
+    settings = resolve_settings(
+        env={"OTEL_SERVICE_NAME": "backend", "OTEL_RESOURCE_ATTRIBUTES": "service.name=other"}
+    )
+    assert settings.service_name == "backend"
+
+
+def test_empty_metrics_path_disables_metrics_and_its_exclusion() -> None:
+    settings = resolve_settings(env={"TODO_OBS_METRICS_PATH": ""})
+    assert settings.metrics_path is None
+    assert "/metrics" not in settings.excluded_paths
+
+
+def test_custom_metrics_path_is_excluded() -> None:
+    settings = resolve_settings(env={}, metrics_path="/internal/metrics")
+    assert settings.excluded_paths[0] == "/internal/metrics"
+
+
+def test_lists_accept_strings_and_sequences() -> None:
+    a = resolve_settings(env={}, traces_exporter="zipkin, file", traces_file="x.jsonl")
+    b = resolve_settings(env={}, traces_exporter=["zipkin", "file"], traces_file="x.jsonl")
+    assert a.traces_exporter == b.traces_exporter == ("zipkin", "file")
+    assert resolve_settings(env={}, traces_exporter="none").traces_exporter == ()
+
+
+def test_header_names_are_lowercased() -> None:
+    settings = resolve_settings(
+        env={}, request_id_header="X-Correlation-ID", user_id_header="X-User-ID"
+    )
+    assert settings.request_id_header == "x-correlation-id"
+    assert settings.user_id_header == "x-user-id"
+
+
+def test_every_option_is_a_settings_field_with_a_unique_variable() -> None:
+    fields = set(Settings.__dataclass_fields__)
+    assert {option.field for option in OPTIONS} == fields
+    env_vars = [option.env for option in OPTIONS]
+    assert len(env_vars) == len(set(env_vars))

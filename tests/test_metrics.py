@@ -1,0 +1,257 @@
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from todo_observability import measured
+from todo_observability._observability import Observability
+from todo_observability.metrics import CATALOGUE, LATENCY_BUCKETS, metric_set
+from todo_observability.testing import metric_value
+
+from .helpers import client
+
+pytestmark = pytest.mark.anyio
+Factory = Callable[..., Observability]
+
+
+def app_with_route() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/tasks/{task_id}")
+    async def get_task(task_id: int) -> int:
+        return task_id
+
+    return app
+
+
+def test_catalogue_follows_prometheus_naming() -> None:
+    names = [spec.name for spec in CATALOGUE]
+    assert len(names) == len(set(names))
+    for spec in CATALOGUE:
+        assert spec.name.endswith("_total") == (spec.type == "counter"), spec.name
+        if spec.type == "histogram":
+            assert spec.name.endswith("_seconds"), spec.name
+        assert spec.help.endswith("."), spec.name
+    assert 0.5 in LATENCY_BUCKETS
+
+
+def test_metric_set_is_shared_per_registry() -> None:
+    registry = CollectorRegistry()
+    assert metric_set(registry) is metric_set(registry)
+    assert metric_set(CollectorRegistry()) is not metric_set(registry)
+
+
+async def test_metrics_endpoint_serves_every_catalogued_family(make_observability: Factory) -> None:
+    app = app_with_route()
+    make_observability(app)
+    async with client(app) as http:
+        await http.get("/tasks/1")
+        response = await http.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    for spec in CATALOGUE:
+        assert f"# TYPE {spec.name} {spec.type}\n" in response.text, spec.name
+    assert (
+        'target_info{deployment_environment="dev",service_name="unknown_service",service_version="0.0.0"} 1.0'
+        in response.text
+    )
+
+
+async def test_openmetrics_is_served_on_request_with_trace_exemplars(
+    make_observability: Factory,
+) -> None:
+    app = app_with_route()
+    obs = make_observability(app)
+    async with client(app) as http:
+        await http.get("/tasks/1")
+        response = await http.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert obs.span_exporter is not None
+    [span] = obs.span_exporter.get_finished_spans()
+    trace_id = f"{span.context.trace_id:032x}"
+    bucket_lines = [
+        line
+        for line in response.text.splitlines()
+        if line.startswith("http_server_request_duration_seconds_bucket") and "# {" in line
+    ]
+    assert bucket_lines
+    assert all(f'trace_id="{trace_id}"' in line for line in bucket_lines)
+    assert response.text.rstrip().endswith("# EOF")
+
+
+async def test_metrics_path_is_configurable_and_can_be_disabled(
+    make_observability: Factory,
+) -> None:
+    moved, disabled = app_with_route(), app_with_route()
+    make_observability(moved, metrics_path="/internal/metrics")
+    async with client(moved) as http:
+        assert (await http.get("/internal/metrics")).status_code == 200
+        assert (await http.get("/metrics")).status_code == 404
+    make_observability(disabled, metrics_path="")
+    async with client(disabled) as http:
+        assert (await http.get("/metrics")).status_code == 404
+
+
+async def test_measured_records_outcome_and_duration(
+    make_observability: Factory, metrics_registry: CollectorRegistry
+) -> None:
+    make_observability()
+
+    @measured("rrule.next")
+    def compute(fail: bool) -> int:
+        if fail:
+            raise ValueError("bad")
+        return 1
+
+    @measured("smtp.send")
+    async def send() -> str:
+        await asyncio.sleep(0)
+        return "sent"
+
+    assert compute(False) == 1
+    with pytest.raises(ValueError, match="bad"):
+        compute(True)
+    assert await send() == "sent"
+    with measured("block"):
+        pass
+    with pytest.raises(KeyError), measured("block"):
+        raise KeyError("x")
+
+    def value(name: str, **labels: str) -> float:
+        return metric_value(metrics_registry, name, **labels)
+
+    assert value("operations_total", operation="rrule.next", outcome="success") == 1
+    assert value("operations_total", operation="rrule.next", outcome="error") == 1
+    assert value("operations_total", operation="smtp.send", outcome="success") == 1
+    assert value("operations_total", operation="block", outcome="success") == 1
+    assert value("operations_total", operation="block", outcome="error") == 1
+    assert value("operation_duration_seconds_count", operation="rrule.next") == 2
+    assert compute.__name__ == "compute"
+
+
+def test_measured_needs_a_name() -> None:
+    with pytest.raises(ValueError, match="needs an operation name"):
+        measured("")
+
+
+def _promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is required in CI: install the Debian package 'prometheus'")
+        pytest.skip("promtool (Debian package prometheus) is not installed; ./dev test installs it")
+    return path
+
+
+async def test_promtool_check_metrics_is_clean(make_observability: Factory) -> None:
+    app = app_with_route()
+    obs = make_observability(app)
+    obs.metrics.guard.admit("x", "y", "z")
+    async with client(app) as http:
+        for i in range(3):
+            await http.get(f"/tasks/{i}")
+        await http.get("/nowhere")
+        text = (await http.get("/metrics")).text
+        openmetrics = (
+            await http.get("/metrics", headers={"Accept": "application/openmetrics-text"})
+        ).text
+    result = subprocess.run(
+        [_promtool(), "check", "metrics"], input=text, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "", result.stdout
+    # promtool reads only the classic text format; OpenMetrics goes through its strict reference parser.
+    families = {family.name for family in text_string_to_metric_families(openmetrics)}  # type: ignore[no-untyped-call]
+    assert {"http_server_requests", "http_server_request_duration_seconds", "target"} <= families
+
+
+def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
+    """Two worker processes record; a third serves the sum (as under gunicorn or uvicorn --workers)."""
+    worker = textwrap.dedent(
+        """
+        import asyncio, httpx
+        from fastapi import FastAPI
+        import todo_observability as t
+        app = FastAPI()
+        @app.get("/ping")
+        async def ping() -> str:
+            return "pong"
+        t.configure(app, traces_exporter="none", load_plugins=False)
+        async def main() -> None:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as c:
+                for _ in range(3):
+                    await c.get("/ping")
+                if __import__("sys").argv[1] == "serve":
+                    print((await c.get("/metrics")).text)
+        asyncio.run(main())
+        """
+    )
+    script = tmp_path / "worker.py"
+    script.write_text(worker)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    (tmp_path / "prom").mkdir()
+    for _ in range(2):
+        subprocess.run(
+            [sys.executable, str(script), "record"], env=env, check=True, capture_output=True
+        )
+    served = subprocess.run(
+        [sys.executable, str(script), "serve"], env=env, check=True, capture_output=True, text=True
+    )
+    line = next(
+        line
+        for line in served.stdout.splitlines()
+        if line.startswith("http_server_requests_total{") and 'route="/ping"' in line
+    )
+    assert float(line.rsplit(" ", 1)[1]) == 9.0
+
+
+def test_observations_on_a_registry_are_visible_to_its_reader(
+    metrics_registry: CollectorRegistry,
+) -> None:
+    metrics = metric_set(metrics_registry)
+    counter, histogram = metrics.client_children("GET", "backend", "200")
+    counter.inc()
+    histogram.observe(0.2)
+    assert (
+        metric_value(
+            metrics_registry,
+            "http_client_requests_total",
+            method="GET",
+            server_address="backend",
+            status_code="200",
+        )
+        == 1
+    )
+    assert (
+        metric_value(
+            metrics_registry,
+            "http_client_request_duration_seconds_bucket",
+            method="GET",
+            server_address="backend",
+            le="0.25",
+        )
+        == 1
+    )
+    assert (
+        metric_value(
+            metrics_registry,
+            "http_client_request_duration_seconds_bucket",
+            method="GET",
+            server_address="backend",
+            le="0.1",
+        )
+        == 0
+    )

@@ -1,0 +1,264 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+from prometheus_client import CollectorRegistry
+
+from todo_observability import traced
+from todo_observability._observability import Observability
+from todo_observability.config import resolve_settings
+from todo_observability.exceptions import MissingExtraError
+from todo_observability.metrics import SPANS_DROPPED, metric_set
+from todo_observability.testing import metric_value
+from todo_observability.tracing import (
+    CountingBatchSpanProcessor,
+    GuardedSpanExporter,
+    build_tracer_provider,
+)
+
+Factory = Callable[..., Observability]
+
+
+def finished(tracer_provider: TracerProvider, count: int) -> list[ReadableSpan]:
+    tracer = tracer_provider.get_tracer("t")
+    spans: list[ReadableSpan] = []
+    for i in range(count):
+        with tracer.start_as_current_span(f"op-{i}") as span:
+            pass
+        assert isinstance(span, ReadableSpan)
+        spans.append(span)
+    return spans
+
+
+def test_traced_creates_a_child_span_with_redacted_attributes(make_observability: Factory) -> None:
+    obs = make_observability()
+
+    @traced(
+        "rrule.calculate_next_occurrence", attributes={"rule": "FREQ=DAILY", "api_token": "t0k"}
+    )
+    def calculate() -> str:
+        return "ok"
+
+    @traced()
+    async def fetch() -> str:
+        calculate()
+        await asyncio.sleep(0)
+        return "fetched"
+
+    async def main() -> str:
+        return await fetch()
+
+    assert asyncio.run(main()) == "fetched"
+    assert obs.span_exporter is not None
+    inner, outer = obs.span_exporter.get_finished_spans()
+    assert inner.name == "rrule.calculate_next_occurrence"
+    assert outer.name == "test_traced_creates_a_child_span_with_redacted_attributes.<locals>.fetch"
+    assert inner.parent is not None
+    assert inner.parent.span_id == outer.context.span_id
+    assert dict(inner.attributes or {}) == {"rule": "FREQ=DAILY", "api_token": "[REDACTED]"}
+    assert inner.kind is SpanKind.INTERNAL
+
+
+def test_traced_records_the_exception_and_sets_error(make_observability: Factory) -> None:
+    obs = make_observability()
+
+    @traced("failing")
+    def fail() -> None:
+        raise LookupError("missing task")
+
+    with pytest.raises(LookupError):
+        fail()
+    assert obs.span_exporter is not None
+    [span] = obs.span_exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "LookupError: missing task"
+    assert [event.name for event in span.events] == ["exception"]
+    assert span.events[0].attributes is not None
+    assert span.events[0].attributes["exception.type"] == "LookupError"
+
+
+def test_sampler_is_parent_based_ratio(make_observability: Factory) -> None:
+    obs = make_observability(sample_ratio=0.25)
+    description = obs.tracer_provider.sampler.get_description()
+    assert description.startswith("ParentBased{root:TraceIdRatioBased{0.25}")
+
+
+def test_file_exporter_writes_zipkin_v2_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    settings = resolve_settings(
+        env={}, service_name="recurring", traces_exporter="file", traces_file=str(path)
+    )
+    provider, _ = build_tracer_provider(
+        settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+    )
+    tracer = provider.get_tracer("t")
+    with (
+        tracer.start_as_current_span("parent", kind=SpanKind.SERVER),
+        tracer.start_as_current_span("child"),
+    ):
+        pass
+    provider.shutdown()
+    lines = path.read_text().splitlines()
+    spans = [span for line in lines for span in json.loads(line)]
+    assert {span["name"] for span in spans} == {"parent", "child"}
+    by_name = {span["name"]: span for span in spans}
+    assert by_name["child"]["parentId"] == by_name["parent"]["id"]
+    assert by_name["parent"]["kind"] == "SERVER"
+    assert by_name["parent"]["localEndpoint"]["serviceName"] == "recurring"
+    for span in spans:
+        assert len(span["traceId"]) == 32
+        assert len(span["id"]) == 16
+        assert isinstance(span["timestamp"], int)
+        assert isinstance(span["duration"], int)
+
+
+class Failing(SpanExporter):
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.calls = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        if self.mode == "raise":
+            raise ConnectionError("connection refused")
+        if self.mode == "fail":
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+
+def test_guarded_exporter_backs_off_counts_and_logs_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    dropped = metric_set(registry).counter(SPANS_DROPPED)
+    inner = Failing("raise")
+    guarded = GuardedSpanExporter(inner, dropped)
+    spans = finished(TracerProvider(), 3)
+    assert guarded.export(spans) is SpanExportResult.FAILURE
+    assert guarded.export(spans) is SpanExportResult.FAILURE  # backing off: not even called
+    assert inner.calls == 1
+    assert (
+        metric_value(registry, "todo_observability_spans_dropped_total", reason="export_failed")
+        == 3
+    )
+    assert (
+        metric_value(
+            registry, "todo_observability_spans_dropped_total", reason="exporter_unavailable"
+        )
+        == 3
+    )
+    guarded._retry_at = time.monotonic() - 1  # the backoff has passed
+    inner.mode = "ok"
+    assert guarded.export(spans) is SpanExportResult.SUCCESS
+    messages = [r.getMessage() for r in caplog.records if r.name == "todo_observability.tracing"]
+    assert len(messages) == 2
+    assert "Failing failed, spans are dropped until it recovers: connection refused" in messages[0]
+    assert "recovered" in messages[1]
+
+
+def test_guarded_exporter_backoff_doubles_up_to_a_cap() -> None:
+    guarded = GuardedSpanExporter(
+        Failing("fail"), metric_set(CollectorRegistry()).counter(SPANS_DROPPED), max_backoff=4
+    )
+    backoffs = []
+    for _ in range(5):
+        guarded._retry_at = 0.0
+        guarded.export([])
+        backoffs.append(guarded._backoff)
+    assert backoffs == [1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_unreachable_zipkin_never_raises_and_drops_are_counted() -> None:
+    registry = CollectorRegistry()
+    settings = resolve_settings(env={}, zipkin_endpoint="http://127.0.0.1:9/api/v2/spans")
+    provider, _ = build_tracer_provider(settings, metric_set(registry).counter(SPANS_DROPPED))
+    finished(provider, 5)
+    assert provider.force_flush(10_000) is True
+    provider.shutdown()
+    assert (
+        metric_value(registry, "todo_observability_spans_dropped_total", reason="export_failed")
+        == 5
+    )
+
+
+def test_full_queue_drops_are_counted_and_nothing_else_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import threading
+
+    registry = CollectorRegistry()
+    release = threading.Event()
+    exported: list[str] = []
+
+    class Stuck(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            release.wait(10)
+            exported.extend(span.name for span in spans)
+            return SpanExportResult.SUCCESS
+
+    processor = CountingBatchSpanProcessor(
+        Stuck(),
+        metric_set(registry).counter(SPANS_DROPPED),
+        max_queue_size=2,
+        max_export_batch_size=1,
+    )
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    finished(provider, 10)
+    dropped = metric_value(registry, "todo_observability_spans_dropped_total", reason="queue_full")
+    # The queue holds 2 and the stuck exporter holds at most 1 batch of 1.
+    assert 7 <= dropped <= 8
+    release.set()
+    provider.shutdown()
+    assert len(exported) + dropped == 10
+    assert not [r for r in caplog.records if "Queue full" in r.getMessage()]
+
+
+def test_otlp_without_its_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    settings = resolve_settings(env={}, traces_exporter="otlp")
+    with pytest.raises(MissingExtraError, match=r"pip install 'todo-observability\[otlp\]'"):
+        build_tracer_provider(settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED))
+
+
+def test_console_exporter_is_available(capsys: pytest.CaptureFixture[str]) -> None:
+    settings = resolve_settings(env={}, traces_exporter="console")
+    provider, _ = build_tracer_provider(
+        settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+    )
+    finished(provider, 1)
+    provider.shutdown()
+    assert '"name": "op-0"' in capsys.readouterr().out
+
+
+def test_shutdown_flushes_pending_spans(tmp_path: Path, make_observability: Factory) -> None:
+    path = tmp_path / "spans.jsonl"
+    obs = make_observability(traces_exporter="file", traces_file=str(path))
+    with obs.tracer.start_as_current_span("last words"):
+        pass
+    obs.shutdown()
+    assert "last words" in path.read_text()
+
+
+def test_injected_provider_is_flushed_not_shut_down(make_observability: Factory) -> None:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    obs = make_observability(tracer_provider=provider)
+    obs.shutdown()
+    with provider.get_tracer("t").start_as_current_span("after"):
+        pass
+    assert [span.name for span in exporter.get_finished_spans()] == ["after"]
