@@ -262,3 +262,18 @@ def test_injected_provider_is_flushed_not_shut_down(make_observability: Factory)
     with provider.get_tracer("t").start_as_current_span("after"):
         pass
     assert [span.name for span in exporter.get_finished_spans()] == ["after"]
+
+
+def test_otlp_exporter_posts_to_the_traces_path_of_the_endpoint() -> None:
+    settings = resolve_settings(
+        env={}, traces_exporter="otlp", otlp_endpoint="http://collector:4318/"
+    )
+    provider, _ = build_tracer_provider(
+        settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+    )
+    [processor] = provider._active_span_processor._span_processors
+    assert isinstance(processor, CountingBatchSpanProcessor)
+    guarded = processor._batch_processor._exporter
+    assert isinstance(guarded, GuardedSpanExporter)
+    assert guarded.exporter._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    provider.shutdown()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from todo_observability.cli import main
+from todo_observability.metrics import CATALOGUE
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out), out.getvalue()
+
+
+def test_config_shows_each_setting_and_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "backend")
+    status, out = run("config")
+    assert status == 0
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["service_name"][1:] == ["backend", "$OTEL_SERVICE_NAME"]
+    assert rows["metrics_path"][1:] == ["/metrics", "default"]
+
+
+def test_config_reports_an_invalid_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "often")
+    assert run("config")[0] == 2
+    assert (
+        "OTEL_TRACES_SAMPLER_ARG must be a number between 0 and 1, got 'often'"
+        in capsys.readouterr().err
+    )
+
+
+def test_metrics_lists_the_catalogue() -> None:
+    status, out = run("metrics", "--json")
+    assert status == 0
+    assert [row["name"] for row in json.loads(out)] == [spec.name for spec in CATALOGUE]
+    assert "http_server_requests_total{method,route,status_code}" in run("metrics")[1]
+
+
+def test_trace_renders_a_tree_from_a_span_file(tmp_path: Path) -> None:
+    spans = tmp_path / "spans.jsonl"
+    root = {
+        "traceId": "a" * 32,
+        "id": "1" * 16,
+        "name": "GET /x",
+        "kind": "SERVER",
+        "timestamp": 1,
+        "duration": 2500,
+        "localEndpoint": {"serviceName": "backend"},
+    }
+    child = {
+        "traceId": "a" * 32,
+        "id": "2" * 16,
+        "parentId": "1" * 16,
+        "name": "db",
+        "timestamp": 2,
+        "duration": 1000,
+        "localEndpoint": {"serviceName": "backend"},
+    }
+    other = {**root, "traceId": "b" * 32}
+    spans.write_text(
+        json.dumps([child]) + "\n" + json.dumps([root]) + "\n\n" + json.dumps([other]) + "\n"
+    )
+    status, out = run("trace", str(spans), "--trace-id", "a" * 32)
+    assert status == 0
+    assert out.splitlines() == [
+        f"trace {'a' * 32}: 2 spans",
+        f"  {'backend':<12} {'SERVER':<8} {'GET /x':<44} {2.5:9.2f} ms",
+        f"    {'backend':<12} {'INTERNAL':<8} {'db':<44} {1.0:9.2f} ms",
+    ]
+    assert run("trace", str(spans))[1].startswith(f"trace {'b' * 32}")
+    assert run("trace", str(spans), "--all")[1].count("trace ") == 2
+
+
+def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: not a JSON array of spans"):
+        run("trace", str(bad))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert run("trace", str(empty)) == (1, f"{empty}: no spans\n")
