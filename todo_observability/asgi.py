@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.datastructures import MutableHeaders
 
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
@@ -26,7 +25,7 @@ from todo_observability.context import (
     new_request_id,
     valid_request_id,
 )
-from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR
+from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR, emit_trusted
 from todo_observability.metrics import (
     HTTP_SERVER_IN_FLIGHT,
     OTHER_METHOD,
@@ -122,21 +121,25 @@ class ObservabilityMiddleware:
         user_agent = b""
         carrier: dict[str, str] | None = None
         captured: dict[str, str] | None = None
+        request_id_header = self._request_id_header
+        user_id_header = self._user_id_header
+        propagation_headers = self._propagation_headers
+        captured_headers = self._captured
         for name, value in scope["headers"]:
-            if name == self._request_id_header:
+            if name == request_id_header:
                 raw_request_id = value
             elif name == b"user-agent":
                 user_agent = value
-            elif name in self._propagation_headers:
+            elif name in propagation_headers:
                 if carrier is None:
                     carrier = {}
                 carrier[name.decode("latin-1")] = value.decode("latin-1")
-            elif name == self._user_id_header:
+            elif name == user_id_header:
                 raw_user_id = value
-            if name in self._captured:
+            if captured_headers and name in captured_headers:
                 if captured is None:
                     captured = {}
-                captured[self._captured[name]] = value.decode("latin-1")
+                captured[captured_headers[name]] = value.decode("latin-1")
 
         parent = propagate.extract(carrier) if carrier is not None else None
         request_id = valid_request_id(raw_request_id.decode("latin-1")) if raw_request_id else None
@@ -156,7 +159,8 @@ class ObservabilityMiddleware:
                 if user_id is not None:
                     break
         ctx = RequestContext(request_id, user_id, self.observability)
-        header_name = self._request_id_header_str
+        header_name = request_id_header
+        request_id_bytes = request_id.encode("latin-1")
 
         status = 500
         response_started = False
@@ -166,7 +170,11 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                MutableHeaders(scope=message)[header_name] = request_id
+                # Replace any id the app set, append ours (cheaper than MutableHeaders).
+                message["headers"] = [
+                    *(h for h in message.get("headers", ()) if h[0].lower() != header_name),
+                    (header_name, request_id_bytes),
+                ]
 
             await send(message)
 
@@ -195,7 +203,8 @@ class ObservabilityMiddleware:
         span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
         recording = span.is_recording()
         if recording:
-            self._start_attributes(span, scope, method, user_agent, captured)
+            for enrich in self._span_enrichers:
+                enrich(span, scope)
         otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         in_flight = self._in_flight
         in_flight.inc()
@@ -220,16 +229,7 @@ class ObservabilityMiddleware:
             else:
                 histogram.observe(elapsed)
             if recording:
-                span.update_name(f"{method} {route}" if route != UNMATCHED_ROUTE else method)
-                span.set_attribute("http.response.status_code", status)
-                if route != UNMATCHED_ROUTE:
-                    span.set_attribute("http.route", route)
-                if error is not None:
-                    span.record_exception(error)
-                if status >= 500 or error is not None:
-                    error_type = type(error).__qualname__ if error is not None else str(status)
-                    span.set_attribute("error.type", error_type)
-                    span.set_status(Status(StatusCode.ERROR))
+                self._finish_span(span, scope, method, route, status, user_agent, captured, error)
             if self._access_log:
                 self._log_access(scope, route, status, start, user_agent, error, elapsed)
             span.end()
@@ -248,20 +248,29 @@ class ObservabilityMiddleware:
 
         return lifespan_send
 
-    def _start_attributes(
+    def _finish_span(
         self,
         span: trace.Span,
         scope: Scope,
         method: str,
+        route: str,
+        status: int,
         user_agent: bytes,
         captured: dict[str, str] | None,
+        error: BaseException | None,
     ) -> None:
+        # Every attribute in one call: the SDK validates and locks per call, and
+        # our sampler does not read attributes, so nothing is lost by waiting.
         attributes: dict[str, Any] = {
             "http.request.method": method,
             "url.path": scope["path"],
             "url.scheme": scope.get("scheme", "http"),
             "network.protocol.version": scope.get("http_version", "1.1"),
+            "http.response.status_code": status,
         }
+        if route != UNMATCHED_ROUTE:
+            attributes["http.route"] = route
+            span.update_name(f"{method} {route}")
         if method == OTHER_METHOD:
             attributes["http.request.method_original"] = scope["method"]
         client = scope.get("client")
@@ -276,9 +285,12 @@ class ObservabilityMiddleware:
             attributes["user_agent.original"] = user_agent.decode("latin-1")
         if captured:
             attributes.update(self._redactor.redact(captured))
+        if error is not None:
+            span.record_exception(error)
+        if status >= 500 or error is not None:
+            attributes["error.type"] = type(error).__qualname__ if error is not None else str(status)
+            span.set_status(Status(StatusCode.ERROR))
         span.set_attributes(attributes)
-        for enrich in self._span_enrichers:
-            enrich(span, scope)
 
     def _log_access(
         self,
@@ -309,6 +321,10 @@ class ObservabilityMiddleware:
             "client": client[0] if client else None,
             "user_agent": user_agent.decode("latin-1") if user_agent else None,
         }
+        if error is None and emit_trusted(
+            access, level, f"{fields['method']} {fields['route']} {status}", fields
+        ):
+            return
         exc_info = (type(error), error, error.__traceback__) if error is not None else None
         record = access.makeRecord(
             access.name,

@@ -8,6 +8,7 @@ Every line is one JSON object with `timestamp` (RFC 3339, UTC, milliseconds,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -81,6 +82,16 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as one JSON line."""
+        data = self.fields(record.levelname, record.name, record.getMessage(), record.created)
+        data["context"] = self._context(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            data["exception"] = self._exception(record)
+        if record.stack_info:
+            data["stack"] = self.formatStack(record.stack_info)
+        return self.render(data)
+
+    def fields(self, level: str, logger: str, message: str, created: float) -> dict[str, Any]:
+        """The fixed fields of a line, correlation context included (`context` left empty)."""
         ctx = current_context()
         span_context = trace.get_current_span().get_span_context()
         service_name = self.service_name
@@ -88,24 +99,24 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
             # Several apps may share one process (and this handler): name the one serving.
             service_name = ctx.observability.settings.service_name
         data: dict[str, Any] = {
-            "timestamp": self._timestamp(record.created),
-            "level": record.levelname,
+            "timestamp": self._timestamp(created),
+            "level": level,
             "service_name": service_name,
-            "logger": record.name,
-            "message": record.getMessage(),
+            "logger": logger,
+            "message": message,
             "request_id": ctx.request_id if ctx is not None else None,
             "user_id": ctx.user_id if ctx is not None else None,
             "trace_id": None,
             "span_id": None,
-            "context": self._context(record),
+            "context": None,
         }
         if span_context.span_id != _INVALID_SPAN_ID:
             data["trace_id"] = f"{span_context.trace_id:032x}"
             data["span_id"] = f"{span_context.span_id:016x}"
-        if record.exc_info and record.exc_info[1] is not None:
-            data["exception"] = self._exception(record)
-        if record.stack_info:
-            data["stack"] = self.formatStack(record.stack_info)
+        return data
+
+    def render(self, data: dict[str, Any]) -> str:
+        """Let the enrichers (plugins) see the line, then serialise it."""
         for enrich in self.enrichers:
             enrich(data)
         line: str = self.serialize_log_record(data)
@@ -212,7 +223,42 @@ def configure_logging(
 
 
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_NO_LOCK = contextlib.nullcontext()
 _installed: LoggingSetup | None = None
+
+
+def emit_trusted(logger: logging.Logger, level: int, message: str, context: dict[str, Any]) -> bool:
+    """Write a line with already-safe `context` straight to our handler, skipping LogRecord.
+
+    Only when our JSON handler is the one place `logger`'s records would go
+    (no other handler, no filter on the way): the line is then exactly what
+    the standard path would write, at a fraction of the cost. Returns False
+    when that does not hold; the caller then logs the usual way.
+    """
+    handler: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return False
+        for candidate in current.handlers:
+            if handler is not None or not getattr(candidate, _HANDLER_MARK, False):
+                return False
+            handler = candidate
+        if not current.propagate:
+            break
+        current = current.parent
+    if handler is None or handler.filters or level < handler.level:
+        return False
+    assert isinstance(handler, logging.StreamHandler)
+    formatter = handler.formatter
+    assert isinstance(formatter, JsonFormatter)
+    data = formatter.fields(logging.getLevelName(level), logger.name, message, time.time())
+    data["context"] = context
+    line = formatter.render(data) + handler.terminator
+    with handler.lock or _NO_LOCK:
+        handler.stream.write(line)
+        handler.flush()
+    return True
 
 
 def get_logger(name: str | None = None) -> logging.Logger:
