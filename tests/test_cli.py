@@ -85,3 +85,10 @@ def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     assert run("trace", str(empty)) == (1, f"{empty}: no spans\n")
+
+
+def test_config_names_resource_attributes_as_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=recurring")
+    rows = {line.split()[0]: line.split() for line in run("config")[1].splitlines()[1:]}
+    assert rows["service_name"][1:] == ["recurring", "$OTEL_RESOURCE_ATTRIBUTES"]

@@ -153,3 +153,18 @@ def test_every_option_is_a_settings_field_with_a_unique_variable() -> None:
     assert {option.field for option in OPTIONS} == fields
     env_vars = [option.env for option in OPTIONS]
     assert len(env_vars) == len(set(env_vars))
+
+
+def test_empty_variables_count_as_unset() -> None:
+    env = {option.env: "" for option in OPTIONS if option.field != "metrics_path"}
+    assert resolve_settings(env=env) == Settings()
+
+
+def test_any_iterable_of_strings_is_accepted() -> None:
+    settings = resolve_settings(
+        env={}, redact_keys={"ssn"}, capture_headers=(h for h in ["X-Tenant"])
+    )
+    assert settings.redact_keys == ("ssn",)
+    assert settings.capture_headers == ("x-tenant",)
+    with pytest.raises(ConfigurationError, match="a comma-separated string or a list of strings"):
+        resolve_settings(env={}, redact_keys=[1, 2])

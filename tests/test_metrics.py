@@ -216,6 +216,9 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
         if line.startswith("http_server_requests_total{") and 'route="/ping"' in line
     )
     assert float(line.rsplit(" ", 1)[1]) == 9.0
+    assert (
+        'target_info{deployment_environment="dev",service_name="unknown_service"' in served.stdout
+    )
 
 
 def test_observations_on_a_registry_are_visible_to_its_reader(
@@ -255,3 +258,23 @@ def test_observations_on_a_registry_are_visible_to_its_reader(
         )
         == 0
     )
+
+
+def test_shutdown_releases_target_info_and_the_latest_label_cap_applies(
+    make_observability: Factory,
+) -> None:
+    from prometheus_client import REGISTRY
+
+    first = make_observability(registry=REGISTRY, service_name="a", max_label_values=5)
+    assert REGISTRY.get_target_info() == {
+        "service_name": "a",
+        "service_version": "0.0.0",
+        "deployment_environment": "dev",
+    }
+    assert first.metrics.guard.max_values == 5
+    first.shutdown()
+    assert REGISTRY.get_target_info() is None
+    second = make_observability(registry=REGISTRY, service_name="b", max_label_values=7)
+    assert REGISTRY.get_target_info()["service_name"] == "b"  # type: ignore[index]
+    assert second.metrics is first.metrics
+    assert second.metrics.guard.max_values == 7

@@ -85,7 +85,9 @@ async def test_a_failing_plugin_never_fails_a_request_and_is_reported_once(
         line for line in captured_logs.lines if line["logger"] == "todo_observability.plugins"
     ]
     assert len(reports) == 1
-    assert "todo_observability_enrich_span" in reports[0]["message"]
+    assert reports[0]["message"].startswith(
+        "plugin 'Broken' failed in todo_observability_enrich_span"
+    )
     assert reports[0]["exception"]["message"] == "plugin bug"
     assert (
         metric_value(

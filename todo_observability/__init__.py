@@ -1,4 +1,4 @@
-"""todo-observability: correlated JSON logs, RED metrics, traces and health for Starlette/FastAPI on Dapr.
+"""todo-observability: correlated JSON logs, RED metrics and traces for Starlette/FastAPI services on Dapr.
 
     from fastapi import FastAPI
     import todo_observability as obs

@@ -13,7 +13,14 @@ from todo_observability import logs
 from todo_observability._version import __version__
 from todo_observability.config import Settings, resolve_settings
 from todo_observability.context import push_default_observability, remove_default_observability
-from todo_observability.metrics import PLUGIN_ERRORS, SPANS_DROPPED, metric_set, metrics_app
+from todo_observability.metrics import (
+    PLUGIN_ERRORS,
+    SPANS_DROPPED,
+    ASGIApp,
+    MetricSet,
+    metric_set,
+    metrics_app,
+)
 from todo_observability.plugins import PluginHost
 from todo_observability.redaction import Redactor
 from todo_observability.tracing import TRACER_NAME, build_tracer_provider
@@ -21,6 +28,7 @@ from todo_observability.tracing import TRACER_NAME, build_tracer_provider
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Tracer
     from prometheus_client import CollectorRegistry
 
 __all__ = ["Observability", "configure"]
@@ -33,6 +41,8 @@ UserIdResolver = Callable[[MutableMapping[str, Any]], "str | None"]
 class Observability:
     """Everything `configure()` set up for one service, and the way to undo it.
 
+    `configure(app)` also stores it as `app.state.observability`.
+
     Attributes:
         settings: The resolved settings.
         registry: The Prometheus registry metrics are recorded in.
@@ -41,6 +51,9 @@ class Observability:
         tracer: The tracer of the SDK's own spans.
         span_exporter: The in-memory exporter, when the `memory` exporter is configured.
         plugins: The loaded plugins.
+        redactor: Decides which keys are sensitive (logs, span attributes, headers).
+        metrics_app: The ASGI app serving `/metrics`.
+        user_id_resolvers: Called in order with each request's scope until one returns a user id.
     """
 
     def __init__(
@@ -54,12 +67,19 @@ class Observability:
     ):
         from prometheus_client import REGISTRY
 
-        self.settings = settings
-        self.redactor = Redactor(settings.redact_keys)
+        self.settings: Settings = settings
+        self.redactor: Redactor = Redactor(settings.redact_keys)
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
-        self.metrics = metric_set(self.registry, settings.max_label_values)
+        self.metrics: MetricSet = metric_set(self.registry)
+        # Several apps may share a registry; the cap is the latest configured one.
+        self.metrics.guard.max_values = settings.max_label_values
+        self._target_info = {
+            "service_name": settings.service_name,
+            "service_version": settings.service_version,
+            "deployment_environment": settings.environment,
+        }
         self._set_target_info()
-        self.plugins = PluginHost(
+        self.plugins: PluginHost = PluginHost(
             plugins,
             load_entry_points=settings.load_plugins,
             errors=self.metrics.counter(PLUGIN_ERRORS),
@@ -70,9 +90,9 @@ class Observability:
             tracer_provider, self.span_exporter = build_tracer_provider(
                 settings, self.metrics.counter(SPANS_DROPPED)
             )
-        self.tracer_provider = tracer_provider
-        self.tracer = tracer_provider.get_tracer(TRACER_NAME, __version__)
-        self.metrics_app = metrics_app(self.registry)
+        self.tracer_provider: TracerProvider = tracer_provider
+        self.tracer: Tracer = tracer_provider.get_tracer(TRACER_NAME, __version__)
+        self.metrics_app: ASGIApp = metrics_app(self.registry, target_info=self._target_info)
         resolvers = self.plugins.user_id_resolvers
         if user_id_resolver is not None:
             resolvers = (self.plugins.failsafe("user_id_resolver", user_id_resolver), *resolvers)
@@ -83,11 +103,7 @@ class Observability:
         self._closed = False
 
     def _set_target_info(self) -> None:
-        labels = {
-            "service_name": self.settings.service_name,
-            "service_version": self.settings.service_version,
-            "deployment_environment": self.settings.environment,
-        }
+        labels = self._target_info
         current = self.registry.get_target_info()
         if current is None:
             self.registry.set_target_info(labels)
@@ -116,6 +132,8 @@ class Observability:
             app.middleware_stack = None
             if getattr(app.state, "observability", None) is self:
                 del app.state.observability
+        if self.registry.get_target_info() == self._target_info:
+            self.registry.set_target_info(None)
         if self._owns_provider:
             self.tracer_provider.shutdown()
         else:

@@ -288,7 +288,9 @@ class ObservabilityMiddleware:
         if error is not None:
             span.record_exception(error)
         if status >= 500 or error is not None:
-            attributes["error.type"] = type(error).__qualname__ if error is not None else str(status)
+            attributes["error.type"] = (
+                type(error).__qualname__ if error is not None else str(status)
+            )
             span.set_status(Status(StatusCode.ERROR))
         span.set_attributes(attributes)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,12 +20,22 @@ __all__ = ["main", "render_trace_tree"]
 
 def _config(args: argparse.Namespace, out: TextIO) -> int:
     settings = resolve_settings()
-    import os
-
+    resource = settings.resource_attributes
+    from_resource = {
+        "service_name": "service.name" in resource,
+        "service_version": "service.version" in resource,
+        "environment": "deployment.environment.name" in resource
+        or "deployment.environment" in resource,
+    }
     out.write(f"{'setting':<20} {'value':<45} source\n")
     for option in OPTIONS:
         value = getattr(settings, option.field)
-        source = f"${option.env}" if option.env in os.environ else "default"
+        if os.environ.get(option.env, "").strip():
+            source = f"${option.env}"
+        elif from_resource.get(option.field):
+            source = "$OTEL_RESOURCE_ATTRIBUTES"
+        else:
+            source = "default"
         if isinstance(value, tuple):
             value = ",".join(value)
         out.write(f"{option.field:<20} {value!s:<45} {source}\n")

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -23,10 +23,10 @@ __all__ = ["OPTIONS", "Option", "Settings", "resolve_settings"]
 
 T = TypeVar("T")
 
-#: Environments in which every trace is kept by default.
 DEV_ENVIRONMENTS = frozenset({"dev", "development", "local", "test"})
-#: Environments in which one trace in ten is kept by default.
+"""Environments in which every trace is kept by default."""
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})
+"""Environments in which one trace in ten is kept by default."""
 TRACE_EXPORTERS = frozenset({"zipkin", "otlp", "console", "file", "memory", "none"})
 HEALTH_PATHS = ("/health/live", "/health/ready", "/health/startup")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -46,7 +46,8 @@ class Option(Generic[T]):
     """One setting: its `configure()` argument, environment variable, default and parser.
 
     `parse` accepts either the raw environment string or the Python value given
-    to `configure()`, and returns the normalised value or raises `_Invalid`.
+    to `configure()`, and returns the normalised value; an invalid value becomes
+    a `ConfigurationError` naming the option.
     """
 
     field: str
@@ -143,8 +144,11 @@ def _items(value: Any) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         parts = [part.strip() for part in value.split(",")]
-    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
-        parts = [part.strip() for part in value]
+    elif isinstance(value, Iterable) and not isinstance(value, Mapping):
+        parts = list(value)
+        if not all(isinstance(part, str) for part in parts):
+            raise _Invalid("a comma-separated string or a list of strings")
+        parts = [part.strip() for part in parts]
     else:
         raise _Invalid("a comma-separated string or a list of strings")
     return tuple(part for part in parts if part)
@@ -166,7 +170,7 @@ def _exporters(value: Any) -> tuple[str, ...]:
     if unknown or not names:
         raise _Invalid(
             "a comma-separated list of " + ", ".join(sorted(TRACE_EXPORTERS)),
-            f"{', '.join(map(repr, unknown)) or 'an empty list'} is not one of them.",
+            f"{', '.join(map(repr, unknown)) or 'An empty list'} is not one of them.",
         )
     if "none" in names and len(names) > 1:
         raise _Invalid("'none' alone, or a list of exporters without 'none'")
@@ -243,7 +247,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     Option(
         "environment",
         "TODO_OBS_ENVIRONMENT",
-        "deployment.environment of OTEL_RESOURCE_ATTRIBUTES, else 'dev'",
+        "deployment.environment.name (or deployment.environment) of OTEL_RESOURCE_ATTRIBUTES, else 'dev'",
         _optional_text,
         "Deployment environment; chooses the default sampling ratio.",
     ),
@@ -381,7 +385,9 @@ def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, 
     """Value of one option and whether it was set (by argument or environment)."""
     if given is not None:
         source, raw = option.field, given
-    elif option.env in env:
+    elif env.get(option.env, "").strip() or (option.env in env and option.field == "metrics_path"):
+        # An empty variable counts as unset, as OpenTelemetry specifies; only the
+        # metrics path gives empty a meaning ("serve no metrics").
         source, raw = option.env, env[option.env]
     else:
         return None, False  # type: ignore[return-value]

@@ -40,11 +40,10 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: An incoming request id is accepted when it matches this: 1 to 128 characters
-#: of letters, digits and ``- _ . : / + = @``. Anything else is replaced.
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:/+=@]{1,128}")
-#: Baggage keys that carry the ids from one service to the next.
+"""An incoming request id is accepted when it matches this: 1 to 128 characters of letters, digits and `- _ . : / + = @`. Anything else is replaced."""
 BAGGAGE_REQUEST_ID = "request_id"
+"""Baggage keys that carry the ids from one service to the next."""
 BAGGAGE_USER_ID = "user_id"
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})

@@ -33,12 +33,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ACCESS_LOGGER", "JsonFormatter", "LoggingSetup", "configure_logging", "get_logger"]
 
-#: The logger that writes one line per HTTP request.
 ACCESS_LOGGER = "todo_observability.access"
-#: A record attribute holding context fields that need no redaction (the SDK's own).
+"""The logger that writes one line per HTTP request."""
 TRUSTED_CONTEXT_ATTR = "todo_context"
+"""A record attribute holding context fields that need no redaction (the SDK's own)."""
 _HANDLER_MARK = "_todo_observability_handler"
-_SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", TRUSTED_CONTEXT_ATTR}
+# uvicorn adds `color_message` (the message with ANSI colours) to its records: not context.
+_SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", "color_message", TRUSTED_CONTEXT_ATTR}
 _INVALID_SPAN_ID = trace.INVALID_SPAN_ID
 
 LogEnricher = Callable[[dict[str, Any]], None]

@@ -49,14 +49,14 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Request latency buckets, in seconds. 0.5 s is the latency SLO boundary.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-#: The `route` of requests that matched no route.
+"""Request latency buckets, in seconds. 0.5 s is the latency SLO boundary."""
 UNMATCHED_ROUTE = "<unmatched>"
-#: The value a label takes once its distinct values exceed the cap.
+"""The `route` of requests that matched no route."""
 OVERFLOW_VALUE = "<other>"
-#: The `method` of requests with a non-standard HTTP method (as OTel semantic conventions say).
+"""The value a label takes once its distinct values exceed the cap."""
 OTHER_METHOD = "_OTHER"
+"""The `method` of requests with a non-standard HTTP method (as OTel semantic conventions say)."""
 STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
@@ -143,7 +143,6 @@ PLUGIN_ERRORS = MetricSpec(
     ("hook",),
 )
 
-#: Every metric the SDK emits.
 CATALOGUE: tuple[MetricSpec, ...] = (
     HTTP_SERVER_REQUESTS,
     HTTP_SERVER_DURATION,
@@ -156,6 +155,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     LABEL_OVERFLOW,
     PLUGIN_ERRORS,
 )
+"""Every metric the SDK emits."""
 
 
 def _create(spec: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
@@ -292,28 +292,36 @@ _metric_sets: weakref.WeakKeyDictionary[CollectorRegistry, MetricSet] = weakref.
 _metric_sets_lock = threading.Lock()
 
 
-def metric_set(registry: CollectorRegistry | None = None, max_label_values: int = 200) -> MetricSet:
+def metric_set(registry: CollectorRegistry | None = None) -> MetricSet:
     """The `MetricSet` of `registry` (default: prometheus_client's global registry), created once."""
     registry = DEFAULT_REGISTRY if registry is None else registry
     with _metric_sets_lock:
         metrics = _metric_sets.get(registry)
         if metrics is None:
-            metrics = _metric_sets[registry] = MetricSet(registry, max_label_values)
+            metrics = _metric_sets[registry] = MetricSet(registry)
         return metrics
 
 
-def metrics_app(registry: CollectorRegistry | None = None) -> Callable[..., Awaitable[None]]:
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+def metrics_app(
+    registry: CollectorRegistry | None = None, *, target_info: dict[str, str] | None = None
+) -> ASGIApp:
     """An ASGI app serving `registry` in the Prometheus or OpenMetrics text format.
 
     The format follows the Accept header (OpenMetrics, with exemplars, when the
     scraper asks for it). When `PROMETHEUS_MULTIPROC_DIR` is set, it serves the
-    aggregate of every worker process instead.
+    aggregate of every worker process instead (exemplars are not kept across
+    processes), with `target_info` describing the service.
     """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if target_info:
+            registry.set_target_info(target_info)
     return make_asgi_app(DEFAULT_REGISTRY if registry is None else registry)
 
 

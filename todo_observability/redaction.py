@@ -8,7 +8,6 @@ from typing import Any
 
 __all__ = ["DEFAULT_SENSITIVE_PATTERNS", "REDACTED", "Redactor"]
 
-#: Keys matching any of these (case-insensitive, anywhere in the key) are redacted.
 DEFAULT_SENSITIVE_PATTERNS: tuple[str, ...] = (
     r"passw(or)?d",
     r"pwd",
@@ -22,8 +21,9 @@ DEFAULT_SENSITIVE_PATTERNS: tuple[str, ...] = (
     r"session",
     r"signature",
 )
-#: What a redacted value becomes. It never echoes any part of the secret.
+"""Keys matching any of these (case-insensitive, anywhere in the key) are redacted."""
 REDACTED = "[REDACTED]"
+"""What a redacted value becomes. It never echoes any part of the secret."""
 _MAX_CACHED_KEYS = 4096
 
 

@@ -47,7 +47,10 @@ class PluginHost:
         if load_entry_points:
             self.manager.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
         for plugin in plugins:
-            self.manager.register(plugin)
+            name = getattr(plugin, "__name__", None) or type(plugin).__qualname__
+            if self.manager.has_plugin(name):
+                name = f"{name}-{id(plugin):x}"
+            self.manager.register(plugin, name=name)
         self._errors = errors
         self._reported: set[tuple[str, str]] = set()
         self.log_enrichers: tuple[Callable[[MutableMapping[str, Any]], None], ...] = self._failsafe(

@@ -12,11 +12,20 @@ if TYPE_CHECKING:
 
     from todo_observability.config import Settings
 
-__all__ = ["ENTRY_POINT_GROUP", "PROJECT", "hookimpl", "hookspec"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PROJECT",
+    "hookimpl",
+    "hookspec",
+    "todo_observability_enrich_log_record",
+    "todo_observability_enrich_span",
+    "todo_observability_health_checks",
+    "todo_observability_resolve_user_id",
+]
 
 PROJECT = "todo_observability"
-#: Plugins installed as packages register under this entry-point group.
 ENTRY_POINT_GROUP = "todo_observability"
+"""Plugins installed as packages register under this entry-point group."""
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -35,8 +44,11 @@ def todo_observability_enrich_log_record(record: MutableMapping[str, Any]) -> No
 def todo_observability_enrich_span(span: Span, scope: MutableMapping[str, Any]) -> None:
     """Set attributes on a server span when it starts.
 
+    Called only for sampled (recording) spans: attributes of an unsampled span
+    would go nowhere.
+
     Args:
-        span: The request's server span (possibly non-recording when unsampled).
+        span: The request's server span.
         scope: The ASGI scope of the request.
     """
 

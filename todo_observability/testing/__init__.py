@@ -1,8 +1,9 @@
-"""Test helpers: capture log lines, finished spans and metric samples.
+"""Test helpers: capture log lines and read metric samples; spans come from the memory exporter.
 
 The pytest plugin (`todo_observability.testing.pytest_plugin`, loaded
 automatically when the package is installed) turns these into fixtures:
-`captured_logs`, `metrics_registry` and `make_observability`.
+`captured_logs`, `metrics_registry` and `make_observability` (whose
+`Observability` keeps finished spans in `obs.span_exporter`).
 """
 
 from __future__ import annotations

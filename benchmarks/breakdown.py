@@ -1,0 +1,100 @@
+"""Where our per-request overhead goes: our SDK with parts switched off, in process.
+
+Interleaved like `benchmarks.inprocess`, against the bare app and against a
+do-nothing pure-ASGI middleware (the floor of any middleware: one more layer
+and a send wrapper). Differences between rows are the cost of the part
+switched off. ``--no-gc`` disables the garbage collector within slices (it
+runs between them), which shows how much of a variant's cost is collection.
+
+    python -m benchmarks.breakdown [--rounds 30] [--requests 600] [--no-gc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+from typing import Any
+
+from benchmarks.apps import BenchApp, Message, Receive, Scope, Send, bare, ours
+from benchmarks.inprocess import _measure
+
+#: label -> (sample ratio, configure() overrides)
+OURS: dict[str, tuple[float, dict[str, Any]]] = {
+    "ours 1.0": (1.0, {}),
+    "ours 1.0, no access log": (1.0, {"access_log": False}),
+    "ours 1.0, no exporter": (1.0, {"traces_exporter": "none"}),
+    "ours 1.0, no exporter, no access log": (1.0, {"traces_exporter": "none", "access_log": False}),
+    "ours 0.1": (0.1, {}),
+    "ours 0.1, no access log": (0.1, {"access_log": False}),
+    "ours 0.0": (0.0, {}),
+    "ours 0.0, no access log": (0.0, {"access_log": False}),
+}
+
+
+class Passthrough:
+    """A middleware that does nothing but wrap `send`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_wrapper(message: Message) -> None:
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+
+def passthrough() -> BenchApp:
+    bench = bare()
+    app = bench.app
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: Passthrough(build())
+    return BenchApp("bare + pass-through middleware", app)
+
+
+def variants() -> list[BenchApp]:
+    benches = [bare(), passthrough()]
+    for label, (ratio, overrides) in OURS.items():
+        bench = ours(ratio, **overrides)
+        bench.name = label
+        bench.sample_ratio = None  # the label says it
+        benches.append(bench)
+    return benches
+
+
+def run(rounds: int, requests: int, warmup: int, collect: bool) -> str:
+    benches = variants()
+    try:
+        times, failures = asyncio.run(_measure(benches, rounds, requests, warmup, collect))
+    finally:
+        for bench in benches:
+            bench.close()
+    bare_total = times[0].total_us
+    out = [
+        f"{rounds} rounds x {requests} requests, gc {'on' if collect else 'off within slices'}, "
+        f"non-200: {failures}",
+        "",
+        "| variant | per request µs | of which flush µs | over bare µs |",
+        "|---|---:|---:|---:|",
+    ]
+    for t in times:
+        total = statistics.median(t.total_us)
+        flush = statistics.median(t.flush_us)
+        over = statistics.median([v - b for v, b in zip(t.total_us, bare_total, strict=True)])
+        out.append(f"| {t.label} | {total:.1f} | {flush:.1f} | {over:.1f} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--no-gc", action="store_true")
+    args = parser.parse_args(argv)
+    print(run(args.rounds, args.requests, args.warmup, not args.no_gc))
+
+
+if __name__ == "__main__":
+    main()
