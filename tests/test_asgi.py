@@ -742,3 +742,26 @@ async def test_configure_rejects_something_that_is_not_a_starlette_app(
 
     with pytest.raises(TypeError, match=r"Wrap any other ASGI app with ObservabilityMiddleware"):
         make_observability(bare)
+
+
+async def test_middleware_alone_configures_itself_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "standalone")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "memory")
+    monkeypatch.setenv("TODO_OBS_LOAD_PLUGINS", "false")
+
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        await PlainTextResponse("hi")(scope, receive, send)
+
+    middleware = ObservabilityMiddleware(bare)
+    try:
+        async with client(middleware) as http:
+            response = await http.get("/")
+        assert response.text == "hi"
+        assert middleware.observability.settings.service_name == "standalone"
+        assert [
+            span.resource.attributes["service.name"] for span in spans(middleware.observability)
+        ] == ["standalone"]
+    finally:
+        middleware.observability.shutdown()

@@ -168,3 +168,43 @@ def test_any_iterable_of_strings_is_accepted() -> None:
     assert settings.capture_headers == ("x-tenant",)
     with pytest.raises(ConfigurationError, match="a comma-separated string or a list of strings"):
         resolve_settings(env={}, redact_keys=[1, 2])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"service_name": 42}, "service_name must be a non-empty string, got 42"),
+        ({"access_log": "sometimes"}, "access_log must be a boolean"),
+        ({"access_log": 2}, "access_log must be a boolean"),
+        ({"sample_ratio": "half"}, "sample_ratio must be a number between 0 and 1, got 'half'"),
+        ({"max_label_values": "many"}, "max_label_values must be a whole number greater than 0"),
+        ({"max_label_values": True}, "max_label_values must be a whole number greater than 0"),
+        ({"log_level": 5}, "log_level must be a log level, got 5"),
+        ({"log_level": 3.5}, "log_level must be a log level"),
+        ({"zipkin_endpoint": "ftp://zipkin/api"}, "must be an http:// or https:// URL"),
+        ({"capture_headers": 12}, "a comma-separated string or a list of strings"),
+        ({"capture_headers": ["ok", "bad header"]}, "'bad header' is not a header name"),
+        ({"request_id_header": "X Request"}, "request_id_header must be an HTTP header name"),
+        ({"resource_attributes": {"a": 1}}, "a mapping of strings to strings"),
+        ({"traces_exporter": ""}, "An empty list is not one of them"),
+    ],
+)
+def test_invalid_arguments_are_explained(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        resolve_settings(env={}, **kwargs)
+    assert fragment in str(info.value)
+    assert info.value.env_var is None
+
+
+def test_python_values_are_accepted_where_natural() -> None:
+    settings = resolve_settings(
+        env={},
+        access_log=False,
+        log_level=10,
+        sample_ratio=0,
+        resource_attributes={"team": "core"},
+        max_label_values="50",
+    )
+    assert (settings.access_log, settings.log_level, settings.sample_ratio) == (False, "DEBUG", 0.0)
+    assert settings.resource_attributes == {"team": "core"}
+    assert settings.max_label_values == 50
