@@ -17,7 +17,7 @@ import statistics
 from typing import Any
 
 from benchmarks.apps import BenchApp, Message, Receive, Scope, Send, bare, ours
-from benchmarks.inprocess import _measure
+from benchmarks.inprocess import SETTLE, _measure
 
 #: label -> (sample ratio, configure() overrides)
 OURS: dict[str, tuple[float, dict[str, Any]]] = {
@@ -63,17 +63,17 @@ def variants() -> list[BenchApp]:
     return benches
 
 
-def run(rounds: int, requests: int, warmup: int, collect: bool) -> str:
+def run(rounds: int, requests: int, warmup: int, collect: bool, settle: float = SETTLE) -> str:
     benches = variants()
     try:
-        times, failures = asyncio.run(_measure(benches, rounds, requests, warmup, collect))
+        times, failures = asyncio.run(_measure(benches, rounds, requests, warmup, collect, settle))
     finally:
         for bench in benches:
             bench.close()
     bare_total = times[0].total_us
     out = [
         f"{rounds} rounds x {requests} requests, gc {'on' if collect else 'off within slices'}, "
-        f"non-200: {failures}",
+        f"{settle:g} s settle between slices, non-200: {failures}",
         "",
         "| variant | per request µs | of which flush µs | over bare µs |",
         "|---|---:|---:|---:|",
@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--no-gc", action="store_true")
+    parser.add_argument("--settle", type=float, default=SETTLE, help="seconds between slices")
     args = parser.parse_args(argv)
-    print(run(args.rounds, args.requests, args.warmup, not args.no_gc))
+    print(run(args.rounds, args.requests, args.warmup, not args.no_gc, args.settle))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ spans) can overflow within a slice: the main thread here never blocks, and its
 short writes to the log sink keep the batch processor's worker thread from
 winning the GIL, so the worker exports little during a slice. Every span a
 variant makes is then exported, or dropped by its exporter's own policy, in
-the flush, and charged to that variant.
+the flush, and charged to that variant. After the flush the harness sleeps
+briefly, off the clock, so that a worker thread still waiting for the GIL gets
+it then, finds its queue empty and goes back to sleep, instead of contending
+for the GIL during the next variant's slice.
 
     python -m benchmarks.inprocess --rounds 40 --requests 600
     python -m benchmarks.inprocess --profile ours:1.0 --requests 20000
@@ -57,6 +60,10 @@ SCOPE: dict[str, Any] = {
 }
 _REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
 
+#: Requests per slice by default (see the module docstring).
+SLICE = 600
+#: Seconds slept between slices, off the clock (see the module docstring).
+SETTLE = 0.02
 #: (variant, sample ratio) in the order they are built and reported.
 VARIANTS: tuple[tuple[str, float | None], ...] = (
     ("bare", None),
@@ -193,7 +200,12 @@ class InProcessResult:
 
 
 async def _measure(
-    benches: list[BenchApp], rounds: int, requests: int, warmup: int, collect: bool = True
+    benches: list[BenchApp],
+    rounds: int,
+    requests: int,
+    warmup: int,
+    collect: bool = True,
+    settle: float = SETTLE,
 ) -> tuple[list[VariantTimes], int]:
     lifespans = [Lifespan(b.app) for b in benches]
     for lifespan in lifespans:
@@ -226,6 +238,9 @@ async def _measure(
                 gc.enable()
                 times[i].request_us.append((t1 - t0) / requests / 1000)
                 times[i].flush_us.append((t2 - t1) / requests / 1000)
+                # Let worker threads still waiting for the GIL run now (their
+                # queue is empty) rather than during the next variant's slice.
+                time.sleep(settle)
         return times, failures
     finally:
         for lifespan in lifespans:
@@ -240,7 +255,7 @@ def build_variants(
 
 def run(
     rounds: int = 40,
-    requests: int = 600,
+    requests: int = SLICE,
     warmup: int = 500,
     variants: tuple[tuple[str, float | None], ...] = VARIANTS,
 ) -> InProcessResult:
@@ -351,8 +366,10 @@ def profile(spec: str, requests: int, sort: str, limit: int) -> None:
         bench.flush()
         profiler = cProfile.Profile()
         profiler.enable()
-        for _ in range(requests):
+        for i in range(requests):
             await call(bench.app, lifespan.state)
+            if i % SLICE == SLICE - 1:  # as in the measurement: no span queue overflows
+                bench.flush()
         bench.flush()
         profiler.disable()
         await lifespan.shutdown()
@@ -383,7 +400,7 @@ def format_rows(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--requests", type=int, default=600)
+    parser.add_argument("--requests", type=int, default=SLICE)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--profile", metavar="VARIANT[:RATIO]", help="cProfile one variant")
     parser.add_argument("--sort", default="tottime", help="pstats sort key for --profile")

@@ -1,6 +1,6 @@
 """Run every benchmark and print the results as Markdown.
 
-    python -m benchmarks.run            # full run, about 6 minutes on 2 cores
+    python -m benchmarks.run            # full run, about 5 minutes on 2 cores
     python -m benchmarks.run --quick    # smoke run, under 2 minutes
 
 Absolute times depend on the machine and its neighbours; compare the ratios,
@@ -106,7 +106,9 @@ def inprocess_section(sizes: Sizes, summary: list[str]) -> str:
         f"(starting variant rotated), after {sizes.warmup} warm-up requests each. "
         "Per request = median over rounds of (requests + flush of the variant's span "
         "processors at the end of its slice) / requests, so export work done by "
-        "BatchSpanProcessor threads is charged to the variant that queued it. Overheads are "
+        "BatchSpanProcessor threads is charged to the variant that queued it; slices are short "
+        "enough that no span queue can overflow, and a short sleep off the clock follows each "
+        "flush so that no worker thread runs during another variant's slice. Overheads are "
         "paired with the bare app's time in the same round; ratio = ours overhead / peer "
         "overhead at the same sampling ratio (median over rounds, interquartile range in brackets).",
         "",
@@ -174,7 +176,8 @@ def uvicorn_section(sizes: Sizes, summary: list[str]) -> str:
             "| variant | req/s | ours/peer [min-max] | target | met? |",
             "|---|---:|---:|---|---|",
         ]
-        for r in uvicorn_wrk.summarize(result):
+        by_label = {r.label: r for r in uvicorn_wrk.summarize(result)}
+        for r in by_label.values():
             ratio = target = met = "-"
             if r.ratio_to_peer is not None and r.ratio_spread is not None:
                 ratio = f"{r.ratio_to_peer:.2f} [{r.ratio_spread[0]:.2f}-{r.ratio_spread[1]:.2f}]"
@@ -186,6 +189,18 @@ def uvicorn_section(sizes: Sizes, summary: list[str]) -> str:
                 )
             errors = f" ({'; '.join(r.errors)})" if r.errors else ""
             out.append(f"| {r.label}{errors} | {r.rps:.0f} | {ratio} | {target} | {met} |")
+        bare_rps = by_label["bare"].rps
+        ceilings = [
+            f"{bare_rps / r.rps:.2f} at sampling {r.sample_ratio:g}"
+            for r in by_label.values()
+            if r.name == "peer" and r.rps
+        ]
+        out += [
+            "",
+            "Ceiling of ours/peer (bare/peer: what a zero-overhead SDK would reach): "
+            + ", ".join(ceilings)
+            + ".",
+        ]
     return "\n".join(out)
 
 

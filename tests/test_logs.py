@@ -207,3 +207,28 @@ def test_root_logger_is_untouched_until_configured() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["0", str(logging.WARNING)]
+
+
+def test_without_orjson_the_standard_json_backend_writes_the_same_line() -> None:
+    import subprocess
+
+    code = (
+        "import sys, logging, json\n"
+        "if sys.argv[1] == 'hide': sys.modules['orjson'] = None\n"
+        "from todo_observability.logs import JsonFormatter\n"
+        "f = JsonFormatter('svc')\n"
+        "r = logging.getLogger('x').makeRecord('x', 20, 'f', 1, 'caf\\u00e9 %s', (1,), None, extra={'n': [1, 2.5], 'd': {'k': None}})\n"
+        "r.created = 1767225600.5\n"
+        "line = f.format(r); line2 = f.format(r)\n"
+        "assert line == line2\n"
+        "print(type(f).__mro__[1].__name__, json.dumps(json.loads(line), sort_keys=True))\n"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+        ).stdout.split(" ", 1)
+        for mode in ("hide", "keep")
+    ]
+    assert [base for base, _ in outputs] == ["JsonFormatter", "OrjsonFormatter"]
+    assert outputs[0][1] == outputs[1][1]
+    assert json.loads(outputs[0][1])["message"] == "café 1"

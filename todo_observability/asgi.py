@@ -25,7 +25,7 @@ from todo_observability.context import (
     new_request_id,
     valid_request_id,
 )
-from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR, emit_trusted
+from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR, Correlation, emit_trusted
 from todo_observability.metrics import (
     HTTP_SERVER_IN_FLIGHT,
     OTHER_METHOD,
@@ -99,6 +99,7 @@ class ObservabilityMiddleware:
         )
         self._access = logging.getLogger(ACCESS_LOGGER)
         self._access_log = settings.access_log
+        self._service_name = settings.service_name
         self._span_enrichers = obs.plugins.span_enrichers
         self._user_id_resolvers = obs.user_id_resolvers
         self._templates: dict[tuple[str, str, int], str] = {}
@@ -231,7 +232,10 @@ class ObservabilityMiddleware:
             if recording:
                 self._finish_span(span, scope, method, route, status, user_agent, captured, error)
             if self._access_log:
-                self._log_access(scope, route, status, start, user_agent, error, elapsed)
+                correlation = (self._service_name, ctx.request_id, ctx.user_id, span_context)
+                self._log_access(
+                    scope, route, status, start, user_agent, error, elapsed, correlation=correlation
+                )
             span.end()
             otel_context.detach(otel_token)
             exit_context(token)
@@ -305,6 +309,7 @@ class ObservabilityMiddleware:
         elapsed: float | None = None,
         *,
         level: int | None = None,
+        correlation: Correlation | None = None,
     ) -> None:
         if level is None:
             level = logging.ERROR if status >= 500 else logging.INFO
@@ -324,7 +329,11 @@ class ObservabilityMiddleware:
             "user_agent": user_agent.decode("latin-1") if user_agent else None,
         }
         if error is None and emit_trusted(
-            access, level, f"{fields['method']} {fields['route']} {status}", fields
+            access,
+            level,
+            f"{fields['method']} {fields['route']} {status}",
+            fields,
+            correlation,
         ):
             return
         exc_info = (type(error), error, error.__traceback__) if error is not None else None

@@ -43,6 +43,8 @@ _SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", "color_message", TRUS
 _INVALID_SPAN_ID = trace.INVALID_SPAN_ID
 
 LogEnricher = Callable[[dict[str, Any]], None]
+Correlation = tuple[str, "str | None", "str | None", trace.SpanContext]
+"""(service_name, request_id, user_id, span context) of a line, when the caller holds them."""
 ExcInfo = tuple[type[BaseException], BaseException, "TracebackType | None"]
 
 
@@ -91,22 +93,40 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
             data["stack"] = self.formatStack(record.stack_info)
         return self.render(data)
 
-    def fields(self, level: str, logger: str, message: str, created: float) -> dict[str, Any]:
-        """The fixed fields of a line, correlation context included (`context` left empty)."""
-        ctx = current_context()
-        span_context = trace.get_current_span().get_span_context()
-        service_name = self.service_name
-        if ctx is not None and ctx.observability is not None:
-            # Several apps may share one process (and this handler): name the one serving.
-            service_name = ctx.observability.settings.service_name
+    def fields(
+        self,
+        level: str,
+        logger: str,
+        message: str,
+        created: float,
+        correlation: Correlation | None = None,
+    ) -> dict[str, Any]:
+        """The fixed fields of a line (`context` left empty).
+
+        The correlation fields come from `correlation` when the caller already
+        holds them, else from the current request context and span.
+        """
+        if correlation is None:
+            ctx = current_context()
+            service_name = self.service_name
+            if ctx is not None and ctx.observability is not None:
+                # Several apps may share one process (and this handler): name the one serving.
+                service_name = ctx.observability.settings.service_name
+            correlation = (
+                service_name,
+                ctx.request_id if ctx is not None else None,
+                ctx.user_id if ctx is not None else None,
+                trace.get_current_span().get_span_context(),
+            )
+        service_name, request_id, user_id, span_context = correlation
         data: dict[str, Any] = {
             "timestamp": self._timestamp(created),
             "level": level,
             "service_name": service_name,
             "logger": logger,
             "message": message,
-            "request_id": ctx.request_id if ctx is not None else None,
-            "user_id": ctx.user_id if ctx is not None else None,
+            "request_id": request_id,
+            "user_id": user_id,
             "trace_id": None,
             "span_id": None,
             "context": None,
@@ -115,6 +135,20 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
             data["trace_id"] = f"{span_context.trace_id:032x}"
             data["span_id"] = f"{span_context.span_id:016x}"
         return data
+
+    if (
+        _JsonBase.__name__ == "JsonFormatter"
+    ):  # pragma: no cover - runs in a subprocess test without orjson
+
+        def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+            """Serialise with one reused encoder (python-json-logger builds one per line)."""
+            encoder = self.__dict__.get("_encoder")
+            if encoder is None:
+                encoder = self._encoder = self.json_encoder(
+                    default=self.json_default, separators=(",", ":")
+                )
+            line: str = encoder.encode(log_data)
+            return line
 
     def render(self, data: dict[str, Any]) -> str:
         """Let the enrichers (plugins) see the line, then serialise it."""
@@ -228,7 +262,13 @@ _NO_LOCK = contextlib.nullcontext()
 _installed: LoggingSetup | None = None
 
 
-def emit_trusted(logger: logging.Logger, level: int, message: str, context: dict[str, Any]) -> bool:
+def emit_trusted(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    context: dict[str, Any],
+    correlation: Correlation | None = None,
+) -> bool:
     """Write a line with already-safe `context` straight to our handler, skipping LogRecord.
 
     Only when our JSON handler is the one place `logger`'s records would go
@@ -253,12 +293,15 @@ def emit_trusted(logger: logging.Logger, level: int, message: str, context: dict
     assert isinstance(handler, logging.StreamHandler)
     formatter = handler.formatter
     assert isinstance(formatter, JsonFormatter)
-    data = formatter.fields(logging.getLevelName(level), logger.name, message, time.time())
+    data = formatter.fields(
+        logging.getLevelName(level), logger.name, message, time.time(), correlation
+    )
     data["context"] = context
     line = formatter.render(data) + handler.terminator
     with handler.lock or _NO_LOCK:
-        handler.stream.write(line)
-        handler.flush()
+        stream = handler.stream
+        stream.write(line)
+        stream.flush()
     return True
 
 

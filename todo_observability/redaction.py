@@ -58,6 +58,8 @@ class Redactor:
         }
 
     def _value(self, value: Any) -> Any:
+        if value is None or isinstance(value, str | int | float):
+            return value  # the common case first: nothing to look into
         if isinstance(value, Mapping):
             return self.redact(value)
         if isinstance(value, list | tuple):

@@ -135,7 +135,11 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue `span` for export, or count it as dropped when the queue is full."""
-        if self._queue is not None and len(self._queue) >= (self._max_queue or 0):
+        if (
+            self._queue is not None
+            and self._max_queue is not None
+            and len(self._queue) >= self._max_queue
+        ):
             self._queue_full.inc()
             return
         super().on_end(span)
