@@ -14,14 +14,14 @@ other's fields.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any
+
+from todo_observability._decorators import ContextDecorator
 
 if TYPE_CHECKING:
     from todo_observability._observability import Observability
@@ -37,8 +37,6 @@ __all__ = [
     "valid_request_id",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9\-_.:/+=@]{1,128}")
 """An incoming request id is accepted when it matches this: 1 to 128 characters of letters, digits and `- _ . : / + = @`. Anything else is replaced."""
@@ -153,7 +151,7 @@ def exit_context(token: Token[RequestContext | None]) -> None:
     _current.reset(token)
 
 
-class bind_context:
+class bind_context(ContextDecorator):
     """Bind fields to every log line written inside a block or a function.
 
     Usable as a context manager and as a decorator of sync and async functions:
@@ -174,6 +172,9 @@ class bind_context:
         self._fields = fields
         self._tokens: list[Token[Mapping[str, Any]]] = []
 
+    def _fresh(self, func: Callable[..., Any]) -> bind_context:
+        return bind_context(**self._fields)
+
     def __enter__(self) -> Mapping[str, Any]:
         merged = MappingProxyType({**_fields.get(), **self._fields})
         self._tokens.append(_fields.set(merged))
@@ -186,27 +187,3 @@ class bind_context:
         tb: TracebackType | None,
     ) -> None:
         _fields.reset(self._tokens.pop())
-
-    @overload
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
-    @overload
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
-        """Wrap `func` (sync or async) so that its calls run with the fields bound."""
-        fields = self._fields
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                # A fresh binder per call: concurrent calls must not share a token stack.
-                with bind_context(**fields):
-                    return await func(*args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            with bind_context(**fields):
-                return func(*args, **kwargs)
-
-        return wrapper

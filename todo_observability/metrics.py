@@ -13,8 +13,6 @@ deployment_environment}` for joins.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import threading
 import time
@@ -22,11 +20,12 @@ import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
+from todo_observability._decorators import ContextDecorator
 from todo_observability.context import active_observability
 
 if TYPE_CHECKING:
@@ -46,8 +45,6 @@ __all__ = [
     "metrics_app",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Request latency buckets, in seconds. 0.5 s is the latency SLO boundary."""
@@ -325,7 +322,7 @@ def metrics_app(
     return make_asgi_app(DEFAULT_REGISTRY if registry is None else registry)
 
 
-class measured:
+class measured(ContextDecorator):
     """RED metrics for any operation: a decorator (sync or async) and a context manager.
 
     Records `operations_total{operation, outcome}` (outcome `success`, or
@@ -349,6 +346,9 @@ class measured:
         self._operation = operation
         self._starts: list[float] = []
 
+    def _fresh(self, func: Callable[..., Any]) -> measured:
+        return measured(self._operation)
+
     def __enter__(self) -> None:
         self._starts.append(time.perf_counter())
 
@@ -360,41 +360,6 @@ class measured:
     ) -> None:
         elapsed = time.perf_counter() - self._starts.pop()
         _record_operation(self._operation, "error" if exc_type is not None else "success", elapsed)
-
-    @overload
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
-    @overload
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
-        """Wrap `func` (sync or async) so that each call is measured."""
-        operation = self._operation
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                start = time.perf_counter()
-                outcome = "error"
-                try:
-                    result = await func(*args, **kwargs)
-                    outcome = "success"
-                    return result
-                finally:
-                    _record_operation(operation, outcome, time.perf_counter() - start)
-
-            return async_wrapper
-
-        @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            start = time.perf_counter()
-            outcome = "error"
-            try:
-                result = func(*args, **kwargs)
-                outcome = "success"
-                return result
-            finally:
-                _record_operation(operation, outcome, time.perf_counter() - start)
-
-        return wrapper
 
 
 def _record_operation(operation: str, outcome: str, elapsed: float) -> None:

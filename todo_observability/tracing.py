@@ -9,14 +9,13 @@ off, and every span that is never exported is counted in
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -31,6 +30,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+from todo_observability._decorators import ContextDecorator
 from todo_observability.context import active_observability
 from todo_observability.exceptions import MissingExtraError
 
@@ -46,8 +46,6 @@ __all__ = [
     "traced",
 ]
 
-P = ParamSpec("P")
-R = TypeVar("R")
 
 _log = logging.getLogger("todo_observability.tracing")
 TRACER_NAME = "todo_observability"
@@ -260,7 +258,7 @@ def _redacted(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return obs.redactor.redact(attributes) if obs is not None else dict(attributes)
 
 
-class traced:
+class traced(ContextDecorator):
     """Run a function (sync or async) inside a child span.
 
     The span is named `name` (default: the function's qualified name), carries
@@ -277,28 +275,8 @@ class traced:
         self._name = name
         self._attributes = attributes
 
-    @overload
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
-    @overload
-    def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
-    def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
-        """Wrap `func` (sync or async) so that each call runs inside the span."""
-        name = self._name or func.__qualname__
-        attributes = self._attributes
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                # start_as_current_span records an escaping exception and sets ERROR.
-                with get_tracer().start_as_current_span(name, attributes=_redacted(attributes)):
-                    return await func(*args, **kwargs)
-
-            return async_wrapper
-
-        @functools.wraps(func)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-            with get_tracer().start_as_current_span(name, attributes=_redacted(attributes)):
-                return func(*args, **kwargs)
-
-        return wrapper
+    def _fresh(self, func: Callable[..., Any]) -> AbstractContextManager[trace.Span]:
+        # start_as_current_span records an escaping exception and sets ERROR.
+        return get_tracer().start_as_current_span(
+            self._name or func.__qualname__, attributes=_redacted(self._attributes)
+        )
