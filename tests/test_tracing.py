@@ -17,7 +17,7 @@ from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
 from todo_observability.exceptions import MissingExtraError
 from todo_observability.metrics import SPANS_DROPPED, metric_set
-from todo_observability.testing import metric_value
+from todo_observability.testing import SpanCapture, metric_value
 from todo_observability.tracing import (
     CountingBatchSpanProcessor,
     GuardedSpanExporter,
@@ -277,3 +277,19 @@ def test_otlp_exporter_posts_to_the_traces_path_of_the_endpoint() -> None:
     assert isinstance(guarded, GuardedSpanExporter)
     assert guarded.exporter._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
     provider.shutdown()
+
+
+def test_captured_spans_gathers_every_observability_of_the_test(
+    make_observability: Factory, captured_spans: SpanCapture
+) -> None:
+    first, second = make_observability(service_name="a"), make_observability(service_name="b")
+    with first.tracer.start_as_current_span("one"), second.tracer.start_as_current_span("two"):
+        pass
+    assert sorted(span.name for span in captured_spans.spans) == ["one", "two"]
+    assert [span.resource.attributes["service.name"] for span in captured_spans.named("two")] == [
+        "b"
+    ]
+    captured_spans.clear()
+    assert captured_spans.spans == []
+    with pytest.raises(ValueError, match="traces_exporter='memory'"):
+        captured_spans.watch(make_observability(traces_exporter="none"))

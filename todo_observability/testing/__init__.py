@@ -1,9 +1,8 @@
-"""Test helpers: capture log lines and read metric samples; spans come from the memory exporter.
+"""Test helpers: capture log lines and finished spans, read metric samples.
 
 The pytest plugin (`todo_observability.testing.pytest_plugin`, loaded
 automatically when the package is installed) turns these into fixtures:
-`captured_logs`, `metrics_registry` and `make_observability` (whose
-`Observability` keeps finished spans in `obs.span_exporter`).
+`captured_logs`, `captured_spans`, `metrics_registry` and `make_observability`.
 """
 
 from __future__ import annotations
@@ -14,9 +13,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
     from prometheus_client import CollectorRegistry
 
-__all__ = ["LogCapture", "metric_value"]
+    from todo_observability._observability import Observability
+
+__all__ = ["LogCapture", "SpanCapture", "metric_value"]
 
 
 class LogCapture(io.TextIOBase):
@@ -74,6 +76,46 @@ class LogCapture(io.TextIOBase):
     def access(self) -> list[dict[str, Any]]:
         """The access-log lines."""
         return self.find(logger="todo_observability.access")
+
+
+class SpanCapture:
+    """The finished spans of every `Observability` a test built with the memory exporter.
+
+    The `captured_spans` fixture gathers those of `make_observability`; `watch()`
+    adds any other.
+    """
+
+    def __init__(self) -> None:
+        self._sources: list[Observability] = []
+
+    def watch(self, observability: Observability) -> None:
+        """Include the spans of `observability` (configured with the `memory` exporter)."""
+        if observability.span_exporter is None:
+            raise ValueError(
+                "this Observability keeps no spans in memory: configure it with "
+                "traces_exporter='memory' (make_observability does by default)"
+            )
+        self._sources.append(observability)
+
+    @property
+    def spans(self) -> list[ReadableSpan]:
+        """Every finished span, in the order they ended (per Observability)."""
+        return [
+            span
+            for obs in self._sources
+            if obs.span_exporter is not None
+            for span in obs.span_exporter.get_finished_spans()
+        ]
+
+    def named(self, name: str) -> list[ReadableSpan]:
+        """The finished spans called `name`."""
+        return [span for span in self.spans if span.name == name]
+
+    def clear(self) -> None:
+        """Forget the spans finished so far."""
+        for obs in self._sources:
+            if obs.span_exporter is not None:
+                obs.span_exporter.clear()
 
 
 def metric_value(registry: CollectorRegistry, name: str, **labels: str) -> float:

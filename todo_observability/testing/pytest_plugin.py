@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from todo_observability.testing import LogCapture
+from todo_observability.testing import LogCapture, SpanCapture
 
 if TYPE_CHECKING:
     from todo_observability._observability import Observability
 
-__all__ = ["captured_logs", "make_observability", "metrics_registry"]
+__all__ = ["captured_logs", "captured_spans", "make_observability", "metrics_registry"]
 
 
 @pytest.fixture
@@ -34,6 +34,12 @@ def captured_logs() -> Iterator[LogCapture]:
 
 
 @pytest.fixture
+def captured_spans() -> SpanCapture:
+    """The finished spans of every `Observability` that `make_observability` builds."""
+    return SpanCapture()
+
+
+@pytest.fixture
 def metrics_registry() -> CollectorRegistry:
     """A fresh Prometheus registry."""
     return CollectorRegistry()
@@ -41,12 +47,12 @@ def metrics_registry() -> CollectorRegistry:
 
 @pytest.fixture
 def make_observability(
-    captured_logs: LogCapture, metrics_registry: CollectorRegistry
+    captured_logs: LogCapture, captured_spans: SpanCapture, metrics_registry: CollectorRegistry
 ) -> Iterator[Callable[..., Observability]]:
     """A factory calling `configure()` for tests; everything it built is shut down afterwards.
 
     Defaults: the `metrics_registry` fixture's registry, in-memory spans
-    (`obs.span_exporter`), every trace kept, no entry-point plugins, and log
+    (in `captured_spans`), every trace kept, no entry-point plugins, and log
     lines into `captured_logs`. Keyword arguments override them.
     """
     from todo_observability._observability import configure
@@ -60,7 +66,10 @@ def make_observability(
         kwargs.setdefault("load_plugins", False)
         kwargs.setdefault("log_stream", captured_logs)
         obs = configure(app, **kwargs)
-        built.append(obs)
+        if obs not in built:
+            built.append(obs)
+            if obs.span_exporter is not None:
+                captured_spans.watch(obs)
         return obs
 
     yield factory
