@@ -171,10 +171,10 @@ async def test_failing_probe_that_raises_still_answers_and_is_logged(
 
     from todo_observability.asgi import ObservabilityMiddleware
 
-    obs = make_observability()
+    obs = make_observability(excluded_paths="/ping")
     middleware = ObservabilityMiddleware(broken, observability=obs)
     async with client(middleware, raise_app_exceptions=False) as http:
-        response = await http.get("/health/ready")
+        response = await http.get("/ping")
     assert response.status_code == 500
     assert "x-request-id" in response.headers
     [line] = captured_logs.access()

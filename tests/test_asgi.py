@@ -521,13 +521,13 @@ async def test_probe_and_metrics_paths_are_not_measured_but_failing_probes_are_l
     async def ready(request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok", status_code=200 if state["ready"] else 503)
 
-    app = Starlette(routes=[Route("/health/ready", ready)])
-    obs = make_observability(app)
+    app = Starlette(routes=[Route("/ping", ready)])
+    obs = make_observability(app, excluded_paths="/ping,/metrics")
     async with client(app) as http:
-        ok = await http.get("/health/ready")
+        ok = await http.get("/ping")
         await http.get("/metrics")
         state["ready"] = False
-        failing = await http.get("/health/ready")
+        failing = await http.get("/ping")
     assert "x-request-id" in ok.headers
     assert failing.status_code == 503
     assert spans(obs) == []
@@ -536,14 +536,14 @@ async def test_probe_and_metrics_paths_are_not_measured_but_failing_probes_are_l
             metrics_registry,
             "http_server_requests_total",
             method="GET",
-            route="/health/ready",
+            route="/ping",
             status_code="200",
         )
         == 0
     )
     [access] = captured_logs.access()
     assert access["context"]["status"] == 503
-    assert access["context"]["path"] == "/health/ready"
+    assert access["context"]["path"] == "/ping"
     assert access["level"] == "WARNING"
 
 

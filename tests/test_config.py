@@ -128,6 +128,29 @@ def test_empty_metrics_path_disables_metrics_and_its_exclusion() -> None:
     assert "/metrics" not in settings.excluded_paths
 
 
+def test_health_path_moves_the_probes_and_their_exclusion() -> None:
+    settings = resolve_settings(env={"TODO_OBS_HEALTH_PATH": "/internal/health/"})
+    assert settings.excluded_paths == (
+        "/metrics",
+        "/internal/health/live",
+        "/internal/health/ready",
+        "/internal/health/startup",
+    )
+    assert resolve_settings(env={"TODO_OBS_HEALTH_PATH": ""}).excluded_paths == ("/metrics",)
+
+
+def test_health_details_are_hidden_by_default_only_in_production() -> None:
+    assert resolve_settings(env={}).health_details == "full"
+    assert resolve_settings(env={}, environment="production").health_details == "authenticated"
+    assert (
+        resolve_settings(env={}, environment="prod", health_details="FULL").health_details == "full"
+    )
+    with pytest.raises(
+        ConfigurationError, match="health_details must be 'full' or 'authenticated', got 'some'"
+    ):
+        resolve_settings(env={}, health_details="some")
+
+
 def test_custom_metrics_path_is_excluded() -> None:
     settings = resolve_settings(env={}, metrics_path="/internal/metrics")
     assert settings.excluded_paths[0] == "/internal/metrics"
@@ -156,7 +179,9 @@ def test_every_option_is_a_settings_field_with_a_unique_variable() -> None:
 
 
 def test_empty_variables_count_as_unset() -> None:
-    env = {option.env: "" for option in OPTIONS if option.field != "metrics_path"}
+    env = {
+        option.env: "" for option in OPTIONS if option.field not in ("metrics_path", "health_path")
+    }
     assert resolve_settings(env=env) == Settings()
 
 

@@ -11,6 +11,8 @@ from prometheus_client import CollectorRegistry
 from todo_observability import get_logger
 from todo_observability._observability import Observability
 from todo_observability.config import Settings
+from todo_observability.exceptions import ConfigurationError
+from todo_observability.health import Check
 from todo_observability.plugins import PluginHost, hookimpl
 from todo_observability.testing import LogCapture, metric_value
 
@@ -34,8 +36,8 @@ class Enricher:
         return "from-plugin"
 
     @hookimpl
-    def todo_observability_health_checks(self, settings: Settings) -> list[str]:
-        return [f"check-for-{settings.service_name}"]
+    def todo_observability_health_checks(self, settings: Settings) -> list[Check]:
+        return [Check(f"check-for-{settings.service_name}", lambda: True)]
 
 
 class Broken:
@@ -101,7 +103,32 @@ async def test_a_failing_plugin_never_fails_a_request_and_is_reported_once(
 
 def test_health_checks_are_collected_failsafe() -> None:
     host = PluginHost([Broken(), Enricher()], load_entry_points=False, errors=None)
-    assert host.health_checks(Settings(service_name="backend")) == ["check-for-backend"]
+    assert [check.name for check in host.health_checks(Settings(service_name="backend"))] == [
+        "check-for-backend"
+    ]
+
+
+async def test_plugin_checks_are_registered_and_answer_the_probe(
+    make_observability: Factory,
+) -> None:
+    application = app()
+    obs = make_observability(application, service_name="backend", plugins=[Enricher()])
+    assert list(obs.health.checks) == ["check-for-backend"]
+    async with client(application) as http:
+        response = await http.get("/health/ready")
+    assert response.json()["checks"]["check-for-backend"]["status"] == "UP"
+
+
+def test_a_plugin_contributing_something_else_is_a_configuration_error(
+    make_observability: Factory,
+) -> None:
+    class Wrong:
+        @hookimpl
+        def todo_observability_health_checks(self) -> list[str]:
+            return ["not a check"]
+
+    with pytest.raises(ConfigurationError, match="must return Check objects"):
+        make_observability(plugins=[Wrong()])
 
 
 def test_plugins_load_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,9 @@ from todo_observability import logs
 from todo_observability._version import __version__
 from todo_observability.config import Settings, resolve_settings
 from todo_observability.context import push_default_observability, remove_default_observability
+from todo_observability.exceptions import ConfigurationError
+from todo_observability.health.engine import HealthEngine
+from todo_observability.health.model import Check
 from todo_observability.metrics import (
     PLUGIN_ERRORS,
     SPANS_DROPPED,
@@ -51,6 +54,7 @@ class Observability:
         tracer: The tracer of the SDK's own spans.
         span_exporter: The in-memory exporter, when the `memory` exporter is configured.
         plugins: The loaded plugins.
+        health: The health engine behind the probes; `add()` registers checks.
         redactor: Decides which keys are sensitive (logs, span attributes, headers).
         metrics_app: The ASGI app serving `/metrics`.
         user_id_resolvers: Called in order with each request's scope until one returns a user id.
@@ -97,6 +101,16 @@ class Observability:
         if user_id_resolver is not None:
             resolvers = (self.plugins.failsafe("user_id_resolver", user_id_resolver), *resolvers)
         self.user_id_resolvers: tuple[UserIdResolver, ...] = resolvers
+        self.health: HealthEngine = HealthEngine(self.metrics)
+        for check in self.plugins.health_checks(settings):
+            if not isinstance(check, Check):
+                raise ConfigurationError(
+                    f"a plugin contributed {check!r} as a health check; "
+                    "todo_observability_health_checks must return Check objects.",
+                    field="plugins",
+                    value=check,
+                )
+            self.health.add(check)
         self._logging: logs.LoggingSetup | None = None
         self._app: Any = None
         self._restore_fastapi_tracing = False
@@ -187,6 +201,10 @@ def configure(
     otlp_endpoint: str | None = None,
     traces_file: str | None = None,
     metrics_path: str | None = None,
+    health_path: str | None = None,
+    health_details: str | None = None,
+    health_token: str | None = None,
+    health_checks: Iterable[Check] = (),
     excluded_paths: Iterable[str] | None = None,
     max_label_values: int | None = None,
     request_id_header: str | None = None,
@@ -220,6 +238,10 @@ def configure(
         otlp_endpoint: `OTEL_EXPORTER_OTLP_ENDPOINT`.
         traces_file: `TODO_OBS_TRACES_FILE`, for the file exporter.
         metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
+        health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
+        health_details: `TODO_OBS_HEALTH_DETAILS`: `full`, or `authenticated` (errors shown only with the token).
+        health_token: `TODO_OBS_HEALTH_TOKEN`, the bearer token of the `authenticated` policy.
+        health_checks: Checks to register now (more with `obs.health.add(...)`).
         excluded_paths: `TODO_OBS_EXCLUDED_PATHS`.
         max_label_values: `TODO_OBS_MAX_LABEL_VALUES`.
         request_id_header: `TODO_OBS_REQUEST_ID_HEADER`.
@@ -268,6 +290,9 @@ def configure(
         otlp_endpoint=otlp_endpoint,
         traces_file=traces_file,
         metrics_path=metrics_path,
+        health_path=health_path,
+        health_details=health_details,
+        health_token=health_token,
         excluded_paths=excluded_paths,
         max_label_values=max_label_values,
         request_id_header=request_id_header,
@@ -282,6 +307,7 @@ def configure(
         user_id_resolver=user_id_resolver,
         plugins=plugins,
     )
+    obs.health.add(*health_checks)
     if configure_logging:
         obs._logging = logs.configure_logging(
             service_name=settings.service_name,

@@ -16,6 +16,7 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from todo_observability.config import PROBES
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,
@@ -25,6 +26,7 @@ from todo_observability.context import (
     new_request_id,
     valid_request_id,
 )
+from todo_observability.health.endpoints import HealthEndpoints, chain_shutdown_signals
 from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR, Correlation, emit_trusted
 from todo_observability.metrics import (
     HTTP_SERVER_IN_FLIGHT,
@@ -82,6 +84,18 @@ class ObservabilityMiddleware:
         self._in_flight = obs.metrics.gauge(HTTP_SERVER_IN_FLIGHT)
         self._metrics_path = settings.metrics_path
         self._metrics_app = obs.metrics_app
+        health_paths = {}
+        if settings.health_path:
+            prefix = settings.health_path.rstrip("/")
+            health_paths = {f"{prefix}/{probe}": probe for probe in PROBES}
+        self._health_app = HealthEndpoints(
+            obs.health,
+            health_paths,
+            service=settings.service_name,
+            version=settings.service_version,
+            details=settings.health_details,
+            token=settings.health_token,
+        )
         self._excluded = frozenset(settings.excluded_paths)
         self._request_id_header = settings.request_id_header.encode("latin-1")
         self._request_id_header_str = settings.request_id_header
@@ -108,7 +122,7 @@ class ObservabilityMiddleware:
         """Serve one ASGI connection; HTTP requests are observed, other scopes pass through."""
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                await self.app(scope, receive, self._lifespan_send(send))
+                await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
             else:
                 await self.app(scope, receive, send)
             return
@@ -183,8 +197,9 @@ class ObservabilityMiddleware:
         if path in self._excluded:
             # Probes and scrapes: no span, no metrics, no access line unless they fail.
             start = time.perf_counter()
+            target = self._health_app if path in self._health_app.paths else self.app
             try:
-                await self.app(scope, receive, send_wrapper)
+                await target(scope, receive, send_wrapper)
             except Exception:
                 if not response_started:
                     await _answer_500(send_wrapper)
@@ -239,6 +254,23 @@ class ObservabilityMiddleware:
             span.end()
             otel_context.detach(otel_token)
             exit_context(token)
+
+    def _lifespan_receive(self, receive: Receive) -> Receive:
+        health = self.observability.health
+        restore: list[Callable[[], None]] = []
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                # The server's own SIGTERM handler is in place by now: run before it.
+                restore.append(chain_shutdown_signals(health.begin_shutdown))
+            elif message["type"] == "lifespan.shutdown":
+                health.begin_shutdown()
+                for undo in restore:
+                    undo()
+            return message
+
+        return lifespan_receive
 
     def _lifespan_send(self, send: Send) -> Send:
         flush = self.observability.flush

@@ -28,7 +28,7 @@ DEV_ENVIRONMENTS = frozenset({"dev", "development", "local", "test"})
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})
 """Environments in which one trace in ten is kept by default."""
 TRACE_EXPORTERS = frozenset({"zipkin", "otlp", "console", "file", "memory", "none"})
-HEALTH_PATHS = ("/health/live", "/health/ready", "/health/startup")
+PROBES = ("live", "ready", "startup")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -209,6 +209,14 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return patterns
 
 
+def _details_policy(value: Any) -> str:
+    if isinstance(value, str) and value.strip().lower() in {"full", "authenticated"}:
+        return value.strip().lower()
+    raise _Invalid(
+        "'full' or 'authenticated'", "'authenticated' hides errors from callers without the token."
+    )
+
+
 def _resource_attributes(value: Any) -> dict[str, str]:
     """`key=value,key2=value2` as OTEL_RESOURCE_ATTRIBUTES specifies (values percent-encoded)."""
     if value is None:
@@ -310,9 +318,30 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Path serving Prometheus metrics; empty to serve none.",
     ),
     Option(
+        "health_path",
+        "TODO_OBS_HEALTH_PATH",
+        "/health",
+        _path,
+        "Prefix of the probes <prefix>/live, /ready and /startup; empty to serve none.",
+    ),
+    Option(
+        "health_details",
+        "TODO_OBS_HEALTH_DETAILS",
+        "'authenticated' in prod/production, else 'full'",
+        _details_policy,
+        "Who sees check errors and details in probe bodies: full (everyone) or authenticated.",
+    ),
+    Option(
+        "health_token",
+        "TODO_OBS_HEALTH_TOKEN",
+        "none",
+        _optional_text,
+        "Bearer token that shows errors and details under the authenticated policy.",
+    ),
+    Option(
         "excluded_paths",
         "TODO_OBS_EXCLUDED_PATHS",
-        "the metrics path and /health/live, /health/ready, /health/startup",
+        "the metrics path and the three probe paths",
         _paths,
         "Paths left out of RED metrics, traces and the access log (failures are still logged).",
     ),
@@ -354,6 +383,7 @@ OPTIONS: tuple[Option[Any], ...] = (
 )
 
 _OPTIONS_BY_FIELD = {option.field: option for option in OPTIONS}
+_EMPTY_MEANS_OFF = frozenset({"metrics_path", "health_path"})
 
 
 @dataclass(frozen=True)
@@ -373,7 +403,15 @@ class Settings:
     otlp_endpoint: str = "http://localhost:4318"
     traces_file: str | None = None
     metrics_path: str | None = "/metrics"
-    excluded_paths: tuple[str, ...] = ("/metrics", *HEALTH_PATHS)
+    health_path: str | None = "/health"
+    health_details: str = "full"
+    health_token: str | None = None
+    excluded_paths: tuple[str, ...] = (
+        "/metrics",
+        "/health/live",
+        "/health/ready",
+        "/health/startup",
+    )
     max_label_values: int = 200
     request_id_header: str = "x-request-id"
     user_id_header: str | None = None
@@ -385,9 +423,11 @@ def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, 
     """Value of one option and whether it was set (by argument or environment)."""
     if given is not None:
         source, raw = option.field, given
-    elif env.get(option.env, "").strip() or (option.env in env and option.field == "metrics_path"):
+    elif env.get(option.env, "").strip() or (
+        option.env in env and option.field in _EMPTY_MEANS_OFF
+    ):
         # An empty variable counts as unset, as OpenTelemetry specifies; only the
-        # metrics path gives empty a meaning ("serve no metrics").
+        # paths give empty a meaning ("serve none").
         source, raw = option.env, env[option.env]
     else:
         return None, False  # type: ignore[return-value]
@@ -445,14 +485,23 @@ def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Sett
             values[field] = resource[key]
     # An option given as empty (None after parsing) falls back to its default, except
     # metrics_path, where empty means "serve no metrics".
-    values = {k: v for k, v in values.items() if v is not None or k == "metrics_path"}
+    values = {
+        k: v for k, v in values.items() if v is not None or k in ("metrics_path", "health_path")
+    }
     if values.get("sample_ratio") is None:
         values["sample_ratio"] = default_sample_ratio(
             values.get("environment", Settings.environment)
         )
     metrics_path = values["metrics_path"] if "metrics_path" in explicit else Settings.metrics_path
+    health_path = values["health_path"] if "health_path" in explicit else Settings.health_path
     if "excluded_paths" not in values:
-        values["excluded_paths"] = tuple(p for p in (metrics_path, *HEALTH_PATHS) if p)
+        probes = [f"{health_path.rstrip('/')}/{probe}" for probe in PROBES] if health_path else []
+        values["excluded_paths"] = tuple(p for p in (metrics_path, *probes) if p)
+    if "health_details" not in values:
+        environment = values.get("environment", Settings.environment)
+        values["health_details"] = (
+            "authenticated" if environment.lower() in PROD_ENVIRONMENTS else "full"
+        )
     settings = Settings(**values)
     if "file" in settings.traces_exporter and not settings.traces_file:
         raise ConfigurationError(

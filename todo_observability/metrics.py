@@ -140,6 +140,21 @@ PLUGIN_ERRORS = MetricSpec(
     ("hook",),
 )
 
+HEALTH_CHECK_STATUS = MetricSpec(
+    "health_check_status",
+    "gauge",
+    "Latest result of each health check: 1 up, 0.5 degraded, 0 down.",
+    ("check",),
+    multiprocess_mode="min",
+)
+HEALTH_CHECK_DURATION = MetricSpec(
+    "health_check_duration_seconds",
+    "histogram",
+    "Time each health check run took (cached results are not runs).",
+    ("check",),
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
+)
+
 CATALOGUE: tuple[MetricSpec, ...] = (
     HTTP_SERVER_REQUESTS,
     HTTP_SERVER_DURATION,
@@ -151,6 +166,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     SPANS_DROPPED,
     LABEL_OVERFLOW,
     PLUGIN_ERRORS,
+    HEALTH_CHECK_STATUS,
+    HEALTH_CHECK_DURATION,
 )
 """Every metric the SDK emits."""
 

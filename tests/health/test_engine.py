@@ -1,0 +1,226 @@
+"""The check engine: bounded, single-flight, cached, grouped, honest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from todo_observability.exceptions import ConfigurationError
+from todo_observability.health import Check, CheckResult, HealthEngine, Status
+from todo_observability.metrics import metric_set
+from todo_observability.testing import metric_value
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_hanging_check_is_down_and_the_probe_answers_on_time() -> None:
+    async def hangs() -> CheckResult:
+        await asyncio.sleep(3600)
+        return CheckResult.up()
+
+    engine = HealthEngine()
+    engine.add(Check("db", hangs, timeout=0.2), Check("fine", lambda: True))
+    start = time.perf_counter()
+    report = await engine.ready()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.2 + 0.3
+    assert report.status is Status.DOWN
+    assert report.results["db"].error == "timed out after 0.2 s"
+    assert report.results["fine"].status is Status.UP
+
+
+async def test_checks_run_concurrently() -> None:
+    async def slow() -> None:
+        await asyncio.sleep(0.2)
+
+    engine = HealthEngine()
+    engine.add(*(Check(f"slow-{i}", slow) for i in range(5)))
+    start = time.perf_counter()
+    report = await engine.ready()
+    assert report.status is Status.UP
+    assert time.perf_counter() - start < 0.2 * 2  # not 5 x 0.2 s
+
+
+async def test_a_probe_storm_calls_the_dependency_once_per_ttl() -> None:
+    calls = 0
+
+    async def dependency() -> CheckResult:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return CheckResult.up()
+
+    clock = FakeClock()
+    engine = HealthEngine(clock=clock)
+    engine.add(Check("db", dependency, ttl=5.0))
+    reports = await asyncio.gather(*(engine.ready() for _ in range(200)))
+    assert calls == 1
+    assert all(report.status is Status.UP for report in reports)
+    clock.now += 4.9
+    await engine.ready()
+    assert calls == 1  # still fresh
+    clock.now += 0.2
+    await asyncio.gather(*(engine.ready() for _ in range(50)))
+    assert calls == 2
+
+
+async def test_a_cancelled_probe_does_not_cancel_the_shared_run() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def dependency() -> None:
+        started.set()
+        await release.wait()
+
+    engine = HealthEngine()
+    engine.add(Check("db", dependency))
+    first = asyncio.ensure_future(engine.ready())
+    await started.wait()
+    first.cancel()
+    second = asyncio.ensure_future(engine.ready())
+    await asyncio.sleep(0)
+    release.set()
+    assert (await second).status is Status.UP
+
+
+async def test_non_critical_down_degrades_and_critical_down_fails() -> None:
+    engine = HealthEngine()
+    engine.add(Check("cache", lambda: False, critical=False), Check("db", lambda: True))
+    report = await engine.ready()
+    assert (report.status, report.healthy) == (Status.DEGRADED, True)
+    engine.add(Check("broker", lambda: CheckResult.down("no leader")))
+    report = await engine.ready()
+    assert (report.status, report.healthy) == (Status.DOWN, False)
+
+
+async def test_degraded_result_degrades_the_group() -> None:
+    engine = HealthEngine()
+    engine.add(Check("db", lambda: CheckResult.degraded("replica lag 12 s", lag_s=12)))
+    report = await engine.ready()
+    assert report.status is Status.DEGRADED
+    assert report.results["db"].details == {"lag_s": 12}
+
+
+async def test_sync_checks_run_in_a_thread() -> None:
+    threads: list[int] = []
+
+    def sync_check() -> bool:
+        threads.append(threading.get_ident())
+        return True
+
+    engine = HealthEngine()
+    engine.add(Check("sync", sync_check))
+    assert (await engine.ready()).status is Status.UP
+    assert threads != [threading.get_ident()]
+
+
+async def test_exceptions_and_wrong_return_values_are_down_results() -> None:
+    def raises() -> None:
+        raise ConnectionRefusedError("connection refused")
+
+    engine = HealthEngine()
+    engine.add(Check("db", raises), Check("odd", lambda: "yes"))  # type: ignore[arg-type,return-value]
+    report = await engine.ready()
+    assert report.results["db"].error == "ConnectionRefusedError: connection refused"
+    assert (
+        report.results["odd"].error
+        == "TypeError: a health check must return a CheckResult, True, False or None, not str"
+    )
+    assert report.results["db"].duration_ms >= 0
+
+
+def test_a_dependency_check_cannot_join_liveness() -> None:
+    with pytest.raises(ConfigurationError, match="cannot be in the 'live' group") as info:
+        Check("db", lambda: True, groups=("live", "ready"))
+    assert "restarting every pod does not fix a database blip" in str(info.value)
+    Check("event-loop", lambda: True, groups=("live",), dependency=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"name": ""}, "needs a name"),
+        ({"groups": ("alive",)}, "groups must be among live, ready, startup"),
+        ({"groups": ()}, "groups must be among"),
+        ({"timeout": 0}, "timeout must be > 0"),
+        ({"ttl": -1}, "ttl >= 0"),
+    ],
+)
+def test_invalid_registrations_are_explained(kwargs: dict[str, object], fragment: str) -> None:
+    options: dict[str, object] = {"name": "db", "function": lambda: True, **kwargs}
+    with pytest.raises(ConfigurationError, match=fragment):
+        Check(**options)  # type: ignore[arg-type]
+
+
+def test_names_are_unique() -> None:
+    engine = HealthEngine()
+    engine.add(Check("db", lambda: True))
+    with pytest.raises(ConfigurationError, match="'db' is already registered"):
+        engine.add(Check("db", lambda: False))
+
+
+async def test_startup_latches_after_the_first_success() -> None:
+    calls = 0
+    healthy = False
+
+    def migrations_done() -> bool:
+        nonlocal calls
+        calls += 1
+        return healthy
+
+    engine = HealthEngine()
+    engine.add(Check("migrations", migrations_done, groups=("startup",), ttl=0))
+    assert (await engine.startup()).status is Status.DOWN
+    healthy = True
+    assert (await engine.startup()).status is Status.UP
+    healthy = False
+    for _ in range(3):
+        assert (await engine.startup()).status is Status.UP
+    assert calls == 2  # no cost once started
+
+
+async def test_readiness_is_down_once_shutdown_begins_and_liveness_is_not() -> None:
+    engine = HealthEngine()
+    engine.add(Check("db", lambda: True))
+    assert (await engine.ready()).healthy
+    engine.begin_shutdown()
+    report = await engine.ready()
+    assert (report.status, report.reason) == (Status.DOWN, "shutting down")
+    assert (await engine.live()).healthy
+
+
+async def test_metrics_and_transitions_are_recorded_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="todo_observability.health")
+    registry = CollectorRegistry()
+    clock = FakeClock()
+    state = {"up": True}
+    engine = HealthEngine(metric_set(registry), clock=clock)
+    engine.add(Check("db", lambda: state["up"], ttl=1))
+    for up in (True, True, False, False, True):
+        state["up"] = up
+        clock.now += 2
+        await engine.ready()
+    assert metric_value(registry, "health_check_status", check="db") == 1.0
+    assert metric_value(registry, "health_check_duration_seconds_count", check="db") == 5
+    messages = [r.getMessage() for r in caplog.records if r.name == "todo_observability.health"]
+    assert messages == [
+        "health check db is UP",
+        "health check db is DOWN (was UP)",
+        "health check db is UP (was DOWN)",
+    ]
+    state["up"] = False
+    clock.now += 2
+    await engine.ready()
+    assert metric_value(registry, "health_check_status", check="db") == 0.0
