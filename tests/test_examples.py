@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from examples import (
     bare_asgi,
     bind_context,
+    health,
     http_client,
     plugin,
     quickstart,
@@ -570,12 +571,38 @@ def test_fixture_example_is_a_passing_pytest_file() -> None:
     assert "1 passed" in result.stdout
 
 
+@pytest.mark.anyio
+async def test_health_example_reports_the_dependency_and_recovers(
+    build: Callable[..., Built],
+) -> None:
+    service = build(health.create_app)
+    async with service.client() as client:
+        ready = await client.get("/health/ready")
+        live = await client.get("/health/live")
+        health.queue.reachable = False
+        try:
+            service.observability.health.invalidate("queue")  # rather than wait out the TTL
+            down = await client.get("/health/ready")
+            still_live = await client.get("/health/live")
+        finally:
+            health.queue.reachable = True
+    assert (ready.status_code, live.status_code, down.status_code, still_live.status_code) == (
+        200,
+        200,
+        503,
+        200,
+    )
+    assert ready.json()["checks"]["queue"]["status"] == "UP"
+    assert down.json()["checks"]["queue"]["error"] == "ConnectionError: queue unreachable"
+
+
 def test_every_example_is_run_here_and_included_in_the_docs() -> None:
     tested = {
         module.__name__.rpartition(".")[2]
         for module in (
             bare_asgi,
             bind_context,
+            health,
             http_client,
             plugin,
             quickstart,

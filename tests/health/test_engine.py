@@ -224,3 +224,22 @@ async def test_metrics_and_transitions_are_recorded_once(caplog: pytest.LogCaptu
     clock.now += 2
     await engine.ready()
     assert metric_value(registry, "health_check_status", check="db") == 0.0
+
+
+async def test_invalidate_forgets_cached_results() -> None:
+    calls = 0
+
+    def count() -> bool:
+        nonlocal calls
+        calls += 1
+        return True
+
+    engine = HealthEngine()
+    engine.add(Check("a", count, ttl=60), Check("b", count, ttl=60))
+    await engine.ready()
+    await engine.ready()
+    engine.invalidate("a")
+    await engine.ready()
+    engine.invalidate()
+    await engine.ready()
+    assert calls == 2 + 1 + 2

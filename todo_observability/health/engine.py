@@ -125,6 +125,13 @@ class HealthEngine:
         """Register every check of `checks`."""
         self.add(*checks)
 
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget the cached result of check `name` (of every check when None): the next probe runs it."""
+        if name is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(name, None)
+
     def begin_shutdown(self) -> None:
         """From now on readiness answers 503, so that traffic stops before requests drain."""
         if not self.shutting_down:
