@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from benchmarks import import_time, inprocess, logging_throughput, uvicorn_wrk
+from benchmarks import health_storm, import_time, inprocess, logging_throughput, uvicorn_wrk
 from benchmarks.apps import NO_NATIVE_TELEMETRY
 
 #: ours overhead / peer overhead, in process, by sampling ratio: at most.
@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     sections = [inprocess_section(sizes, summary)]
     if not args.skip_uvicorn:
         sections.append(uvicorn_section(sizes, summary))
+        sections.append(health_storm.report(*((2.0, 1) if args.quick else (5.0, 2))))
     sections.append(logging_section(sizes, summary))
     sections.append(import_section(sizes, summary))
     elapsed = time.monotonic() - started
