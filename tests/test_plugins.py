@@ -113,7 +113,7 @@ async def test_plugin_checks_are_registered_and_answer_the_probe(
 ) -> None:
     application = app()
     obs = make_observability(application, service_name="backend", plugins=[Enricher()])
-    assert list(obs.health.checks) == ["check-for-backend"]
+    assert list(obs.health.checks) == ["check-for-backend", "event-loop"]
     async with client(application) as http:
         response = await http.get("/health/ready")
     assert response.json()["checks"]["check-for-backend"]["status"] == "UP"

@@ -14,6 +14,7 @@ from todo_observability._version import __version__
 from todo_observability.config import Settings, resolve_settings
 from todo_observability.context import push_default_observability, remove_default_observability
 from todo_observability.exceptions import ConfigurationError
+from todo_observability.health.checks import event_loop_lag
 from todo_observability.health.engine import HealthEngine
 from todo_observability.health.model import Check
 from todo_observability.metrics import (
@@ -54,7 +55,8 @@ class Observability:
         tracer: The tracer of the SDK's own spans.
         span_exporter: The in-memory exporter, when the `memory` exporter is configured.
         plugins: The loaded plugins.
-        health: The health engine behind the probes; `add()` registers checks.
+        health: The health engine behind the probes; `add()` registers checks. It starts
+            with one liveness check, `event-loop` (how late the loop runs a callback).
         redactor: Decides which keys are sensitive (logs, span attributes, headers).
         metrics_app: The ASGI app serving `/metrics`.
         user_id_resolvers: Called in order with each request's scope until one returns a user id.
@@ -308,6 +310,9 @@ def configure(
         plugins=plugins,
     )
     obs.health.add(*health_checks)
+    if "event-loop" not in obs.health.checks:
+        # Liveness needs something to say: whether the event loop still runs callbacks on time.
+        obs.health.add(event_loop_lag())
     if configure_logging:
         obs._logging = logs.configure_logging(
             service_name=settings.service_name,

@@ -243,3 +243,11 @@ async def test_invalidate_forgets_cached_results() -> None:
     engine.invalidate()
     await engine.ready()
     assert calls == 2 + 1 + 2
+
+
+def test_replace_swaps_a_registered_check() -> None:
+    engine = HealthEngine()
+    engine.add(Check("event-loop", lambda: True, groups=("live",), dependency=False))
+    tuned = Check("event-loop", lambda: False, groups=("live",), dependency=False)
+    engine.add(tuned, replace=True)
+    assert engine.checks["event-loop"] is tuned

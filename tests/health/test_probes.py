@@ -169,3 +169,12 @@ def test_sigterm_flips_readiness_before_the_servers_own_handler_runs() -> None:
         assert signal.getsignal(signal.SIGTERM) is server_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+async def test_liveness_checks_the_event_loop_by_default(make_observability: Factory) -> None:
+    app = FastAPI()
+    make_observability(app)
+    async with client(app) as http:
+        body = (await http.get("/health/live")).json()
+    assert list(body["checks"]) == ["event-loop"]
+    assert body["checks"]["event-loop"]["status"] == "UP"

@@ -106,14 +106,16 @@ class HealthEngine:
         """The registered checks, by name."""
         return dict(self._checks)
 
-    def add(self, *checks: Check) -> None:
-        """Register checks. A name may be registered once.
+    def add(self, *checks: Check, replace: bool = False) -> None:
+        """Register checks. A name may be registered once, unless `replace` is True.
 
         Raises:
-            ConfigurationError: the name is taken.
+            ConfigurationError: the name is taken (and `replace` is False).
         """
         for check in checks:
-            if check.name in self._checks:
+            if replace:
+                self.invalidate(check.name)
+            elif check.name in self._checks:
                 raise ConfigurationError(
                     f"a health check named {check.name!r} is already registered; give this one another name.",
                     field="name",
