@@ -6,6 +6,7 @@ Environments are built with uv from the dependency groups in pyproject.toml.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 
@@ -32,8 +33,15 @@ def _install(session: nox.Session, *groups: str, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite under branch coverage on one Python version."""
     _install(session, "tests", extras="fastapi,otlp")
-    if os.environ.get("CI") == "true" and shutil.which("promtool") is None:
-        session.error("promtool is missing: install the Debian package 'prometheus' (./dev does).")
+    if os.environ.get("CI") == "true":
+        if shutil.which("promtool") is None:
+            session.error(
+                "promtool is missing: install the Debian package 'prometheus' (./dev does)."
+            )
+        if not (shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb")):
+            session.error(
+                "initdb is missing: install the Debian package 'postgresql' (./dev does)."
+            )
     # `coverage run` rather than pytest-cov: our pytest plugin is imported through its entry
     # point before pytest-cov could start measuring, and its import-time lines would be lost.
     env = {"COVERAGE_FILE": f".coverage.{session.python}"}

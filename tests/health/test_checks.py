@@ -87,6 +87,7 @@ class FakeSidecar:
     ready: bool = True
     metadata: dict[str, Any] | None = None
     metadata_status: int = 200
+    metadata_text: str | None = None  # a raw body instead of `metadata`
     # How GET /jobs/{name} answers: "not-found" (what daprd says with a scheduler),
     # "no-scheduler", "exists", or "forbidden"; which API versions exist.
     jobs: str = "not-found"
@@ -121,6 +122,8 @@ class FakeSidecar:
         self.seen(request)
         if self.metadata_status != 200:
             return dapr_error(self.metadata_status, "ERR_INTERNAL", "metadata unavailable")
+        if self.metadata_text is not None:
+            return Response(self.metadata_text, media_type="text/plain")
         return JSONResponse(self.metadata if self.metadata is not None else {"id": "todo"})
 
     async def get_job(self, request: Request) -> Response:
@@ -219,8 +222,10 @@ def test_a_dependency_check_cannot_be_put_in_the_live_group() -> None:
 
 
 @pytest.mark.anyio
-async def test_database_is_up_on_a_sync_sqlite_engine() -> None:
-    engine = create_engine("sqlite://")
+async def test_database_is_up_on_a_sync_sqlite_engine(tmp_path: Path) -> None:
+    # A file, not ":memory:": an in-memory database keeps one connection per thread, and the
+    # one the check opens in its worker thread cannot be closed from here by dispose().
+    engine = create_engine(f"sqlite:///{tmp_path}/app.db")
     try:
         result = await run(checks.database(engine))
     finally:
@@ -557,6 +562,22 @@ async def test_dapr_pubsub_is_down_when_metadata_fails() -> None:
     assert result.error == "GET /v1.0/metadata answered 500 ERR_INTERNAL: metadata unavailable"
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("<html>proxy error</html>", "GET /v1.0/metadata answered a body that is not JSON"),
+        ("[]", "GET /v1.0/metadata answered JSON that is not an object"),
+    ],
+)
+async def test_dapr_pubsub_is_down_on_a_metadata_body_it_cannot_read(body: str, error: str) -> None:
+    sidecar = FakeSidecar(metadata_text=body)
+    async with asgi_client(sidecar.app()) as client:
+        result = await run(checks.dapr_pubsub("kafka-pubsub", client=client))
+    assert result.status is Status.DOWN
+    assert result.error == error
+
+
 # --- Dapr Jobs API -------------------------------------------------------------------------------
 
 
@@ -654,7 +675,8 @@ async def test_smtp_is_down_within_its_timeout_on_a_port_that_never_answers(
     # The TCP connection was made, and the check closed it when it gave up.
     assert len(silent_port.accepted) == 1
     silent_port.accepted[0].settimeout(1.0)
-    assert silent_port.accepted[0].recv(1) == b""
+    # recv in a thread: the event loop must keep running to finish closing the transport.
+    assert await asyncio.to_thread(silent_port.accepted[0].recv, 1) == b""
 
 
 @pytest.mark.anyio
@@ -666,7 +688,8 @@ async def test_smtp_connection_is_closed_when_the_engine_cancels_the_run(
         await asyncio.wait_for(run(check), 0.3)
     assert len(silent_port.accepted) == 1
     silent_port.accepted[0].settimeout(1.0)
-    assert silent_port.accepted[0].recv(1) == b""
+    # recv in a thread: the event loop must keep running to finish closing the transport.
+    assert await asyncio.to_thread(silent_port.accepted[0].recv, 1) == b""
 
 
 @pytest.mark.anyio
@@ -731,6 +754,14 @@ async def test_smtp_auth_without_starttls_is_down_on_a_server_that_requires_it(
     assert result.error is not None
     assert "AUTH failed" in result.error
     assert smtp_auth_server.logins == []
+
+
+@pytest.mark.anyio
+async def test_smtp_implicit_tls_against_a_plain_server_is_down(smtp_server: SmtpServer) -> None:
+    result = await run(checks.smtp(smtp_server.host, smtp_server.port, use_tls=True))
+    assert result.status is Status.DOWN
+    assert result.error is not None
+    assert result.error.startswith(f"SMTP 127.0.0.1:{smtp_server.port}: connect failed: ")
 
 
 def test_smtp_rejects_starttls_with_implicit_tls() -> None:

@@ -251,3 +251,14 @@ def test_replace_swaps_a_registered_check() -> None:
     tuned = Check("event-loop", lambda: False, groups=("live",), dependency=False)
     engine.add(tuned, replace=True)
     assert engine.checks["event-loop"] is tuned
+
+
+async def test_an_object_with_an_async_call_is_awaited() -> None:
+    class Probe:
+        async def __call__(self) -> CheckResult:
+            return CheckResult.degraded("slow replica")
+
+    engine = HealthEngine()
+    engine.add(Check("replica", Probe()))
+    report = await engine.ready()
+    assert report.results["replica"].error == "slow replica"

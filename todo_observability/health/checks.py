@@ -337,7 +337,8 @@ class _Dapr:
 
     def unreachable(self, exc: httpx.HTTPError) -> CheckResult:
         return CheckResult.down(
-            f"Dapr sidecar unreachable at {self.base_url}: {_describe(exc, (self.token,))}"
+            f"Dapr sidecar unreachable at {_safe_url(httpx.URL(self.base_url))}: "
+            f"{_describe(exc, (self.token,))}"
         )
 
     def answer(self, response: httpx.Response) -> str:
@@ -714,6 +715,7 @@ def smtp(
             timeout=timeout,
         )
         details: dict[str, Any] = {"tls": use_tls, "authenticated": False}
+        transport: asyncio.BaseTransport | None = None
         step = "connect"
         try:
             greeting = await client.connect(timeout=left())
@@ -732,6 +734,7 @@ def smtp(
                 await client.login(username, password, timeout=left())
                 details["authenticated"] = True
             step = "QUIT"
+            transport = client.transport  # quit() closes it, gracefully: see below
             await client.quit(timeout=left())
         except aiosmtplib.SMTPConnectTimeoutError as exc:
             return CheckResult.down(
@@ -744,10 +747,12 @@ def smtp(
                 f"SMTP {host}:{port}: {step} failed: {_describe(exc, secrets)}", **details
             )
         finally:
-            # Still connected: the run failed or was cancelled by the engine. abort() drops the
-            # connection now; close() alone would start a TLS shutdown that waits on the server.
-            if isinstance(client.transport, asyncio.WriteTransport):
-                client.transport.abort()
+            # Drop the connection now, whatever happened: the run failed, the engine cancelled
+            # it, or QUIT closed it, but gracefully, which over TLS means a shutdown exchange
+            # that can outlive the run by up to 30 s. abort() closes the socket outright.
+            for open_transport in (client.transport, transport):
+                if isinstance(open_transport, asyncio.WriteTransport):
+                    open_transport.abort()
             client.close()
         return CheckResult.up(**details)
 
