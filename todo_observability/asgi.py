@@ -257,6 +257,7 @@ class ObservabilityMiddleware:
 
     def _lifespan_receive(self, receive: Receive) -> Receive:
         health = self.observability.health
+        refresh = self.observability.settings.health_refresh
         restore: list[Callable[[], None]] = []
 
         async def lifespan_receive() -> Message:
@@ -264,8 +265,11 @@ class ObservabilityMiddleware:
             if message["type"] == "lifespan.startup":
                 # The server's own SIGTERM handler is in place by now: run before it.
                 restore.append(chain_shutdown_signals(health.begin_shutdown))
+                if refresh:
+                    health.start_refresh(refresh)
             elif message["type"] == "lifespan.shutdown":
                 health.begin_shutdown()
+                await health.stop_refresh()
                 for undo in restore:
                     undo()
             return message

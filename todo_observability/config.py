@@ -209,6 +209,18 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return patterns
 
 
+def _optional_seconds(value: Any) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise _Invalid("a number of seconds greater than 0", "For example 5.") from None
+    if seconds <= 0 or isinstance(value, bool):
+        raise _Invalid("a number of seconds greater than 0", "For example 5.")
+    return seconds
+
+
 def _details_policy(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() in {"full", "authenticated"}:
         return value.strip().lower()
@@ -332,6 +344,13 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Who sees check errors and details in probe bodies: full (everyone) or authenticated.",
     ),
     Option(
+        "health_refresh",
+        "TODO_OBS_HEALTH_REFRESH",
+        "none (checks run when probed)",
+        _optional_seconds,
+        "Seconds between background runs of the checks, to keep results warm.",
+    ),
+    Option(
         "health_token",
         "TODO_OBS_HEALTH_TOKEN",
         "none",
@@ -405,6 +424,7 @@ class Settings:
     metrics_path: str | None = "/metrics"
     health_path: str | None = "/health"
     health_details: str = "full"
+    health_refresh: float | None = None
     health_token: str | None = None
     excluded_paths: tuple[str, ...] = (
         "/metrics",

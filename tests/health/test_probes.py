@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import Callable
@@ -178,3 +179,46 @@ async def test_liveness_checks_the_event_loop_by_default(make_observability: Fac
         body = (await http.get("/health/live")).json()
     assert list(body["checks"]) == ["event-loop"]
     assert body["checks"]["event-loop"]["status"] == "UP"
+
+
+async def test_background_refresh_keeps_results_warm_without_probes(
+    make_observability: Factory,
+) -> None:
+    calls = 0
+
+    def dependency() -> bool:
+        nonlocal calls
+        calls += 1
+        return True
+
+    app = FastAPI()
+    obs = make_observability(
+        app, health_refresh=0.05, health_checks=[Check("db", dependency, ttl=0)]
+    )
+    messages: list[dict[str, str]] = [{"type": "lifespan.startup"}]
+    done = asyncio.Event()
+
+    async def receive() -> Any:
+        if messages:
+            return messages.pop()
+        await done.wait()
+        return {"type": "lifespan.shutdown"}
+
+    async def send(message: Any) -> None:
+        return None
+
+    lifespan = asyncio.ensure_future(
+        app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    )
+
+    async def three_runs() -> None:
+        while calls < 3:  # the checks run with no probe at all
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(three_runs(), 5.0)
+    done.set()
+    await lifespan
+    stopped_at = calls
+    await asyncio.sleep(0.15)
+    assert calls == stopped_at  # stopped with the lifespan
+    assert obs.health.shutting_down

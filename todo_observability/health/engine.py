@@ -10,6 +10,7 @@ on a dependency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import inspect
 import logging
@@ -98,8 +99,8 @@ class HealthEngine:
         self._last: dict[str, Status] = {}
         self._metrics = metrics
         self._clock = clock
-        self._started = False
         self._startup_report: GroupReport | None = None
+        self._refresher: asyncio.Task[None] | None = None
         self.shutting_down = False
 
     @property
@@ -134,6 +135,32 @@ class HealthEngine:
             self._cache.clear()
         else:
             self._cache.pop(name, None)
+
+    def start_refresh(self, interval: float) -> None:
+        """Keep results warm: run every check in the background each `interval` seconds.
+
+        A check whose cached result is still fresh is not run again, so the
+        dependency sees at most one call per TTL, probes or not; probes then
+        always find a fresh result. Call it from a running event loop (the
+        middleware does, at lifespan startup, when `health_refresh` is set).
+        """
+        if self._refresher is not None and not self._refresher.done():
+            return
+
+        async def refresh() -> None:
+            while True:
+                await asyncio.gather(*(self.run(check) for check in self._checks.values()))
+                await asyncio.sleep(interval)
+
+        self._refresher = asyncio.ensure_future(refresh())
+
+    async def stop_refresh(self) -> None:
+        """Stop the background refresh, if it runs."""
+        task, self._refresher = self._refresher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def begin_shutdown(self) -> None:
         """From now on readiness answers 503, so that traffic stops before requests drain."""
