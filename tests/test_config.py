@@ -212,7 +212,10 @@ def test_any_iterable_of_strings_is_accepted() -> None:
         ({"request_id_header": "X Request"}, "request_id_header must be an HTTP header name"),
         ({"resource_attributes": {"a": 1}}, "a mapping of strings to strings"),
         ({"traces_exporter": ""}, "An empty list is not one of them"),
-        ({"health_refresh": "soon"}, "health_refresh must be a number of seconds greater than 0, got 'soon'"),
+        (
+            {"health_refresh": "soon"},
+            "health_refresh must be a number of seconds greater than 0, got 'soon'",
+        ),
         ({"health_refresh": 0}, "health_refresh must be a number of seconds greater than 0"),
     ],
 )
