@@ -33,6 +33,8 @@ def test_demo_shows_one_request_across_both_services() -> None:
         'http_server_requests_total{method="POST",route="/tasks/{task_id}/complete",status_code="401"} 1.0'
         in out
     )
+    assert re.search(r"^ +tasks: 200 UP \(notify UP\)$", out, re.M), out
+    assert re.search(r"^ *notify: 200 UP \(no checks\)$", out, re.M), out
     tree = out[out.index("trace ") :]
     assert re.search(r"^  tasks +SERVER +POST /tasks/\{task_id\}/complete", tree, re.M)
     assert re.search(r"^    tasks +INTERNAL +tasks\.next_due", tree, re.M)

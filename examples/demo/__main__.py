@@ -135,6 +135,15 @@ def main() -> None:
         httpx.post(f"{urls['tasks']}/tasks/8/complete")  # unauthenticated: a 401, counted as such
         print_section("RED metrics from each service's /metrics")
         show_metrics(urls)
+        print_section("readiness")
+        for name, url in urls.items():
+            ready = httpx.get(f"{url}/health/ready")
+            checks = ", ".join(
+                f"{check} {r['status']}" for check, r in ready.json()["checks"].items()
+            )
+            print(
+                f"{name:>6}: {ready.status_code} {ready.json()['status']} ({checks or 'no checks'})"
+            )
 
         if args.keep_running:
             print("\nServices are running; press Ctrl-C to stop them.")

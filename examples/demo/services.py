@@ -12,6 +12,7 @@ import os
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 import todo_observability as obs
+from todo_observability.health import checks
 
 log = obs.get_logger("demo")
 
@@ -45,7 +46,8 @@ def create_tasks_app() -> FastAPI:
                 sent = await http.post("/notifications", json={"task_id": task_id, "due": due})
             return {"task_id": task_id, "next_due": due, "notified": sent.status_code == 202}
 
-    obs.configure(app)
+    # Readiness depends on the notify service answering its own liveness probe.
+    obs.configure(app, health_checks=[checks.http(f"{notify_url}/health/live", name="notify")])
     return app
 
 
