@@ -16,7 +16,7 @@ from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from todo_observability.config import PROBES
+from todo_observability.config import probe_paths
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,
@@ -84,13 +84,9 @@ class ObservabilityMiddleware:
         self._in_flight = obs.metrics.gauge(HTTP_SERVER_IN_FLIGHT)
         self._metrics_path = settings.metrics_path
         self._metrics_app = obs.metrics_app
-        health_paths = {}
-        if settings.health_path:
-            prefix = settings.health_path.rstrip("/")
-            health_paths = {f"{prefix}/{probe}": probe for probe in PROBES}
         self._health_app = HealthEndpoints(
             obs.health,
-            health_paths,
+            probe_paths(settings.health_path),
             service=settings.service_name,
             version=settings.service_version,
             details=settings.health_details,

@@ -29,6 +29,16 @@ PROD_ENVIRONMENTS = frozenset({"prod", "production"})
 """Environments in which one trace in ten is kept by default."""
 TRACE_EXPORTERS = frozenset({"zipkin", "otlp", "console", "file", "memory", "none"})
 PROBES = ("live", "ready", "startup")
+
+
+def probe_paths(health_path: str | None) -> dict[str, str]:
+    """The path of each probe under `health_path`: `{"/health/live": "live", ...}`; none when unset."""
+    if not health_path:
+        return {}
+    prefix = health_path.rstrip("/")
+    return {f"{prefix}/{probe}": probe for probe in PROBES}
+
+
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 
 
@@ -515,8 +525,7 @@ def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Sett
     metrics_path = values["metrics_path"] if "metrics_path" in explicit else Settings.metrics_path
     health_path = values["health_path"] if "health_path" in explicit else Settings.health_path
     if "excluded_paths" not in values:
-        probes = [f"{health_path.rstrip('/')}/{probe}" for probe in PROBES] if health_path else []
-        values["excluded_paths"] = tuple(p for p in (metrics_path, *probes) if p)
+        values["excluded_paths"] = tuple(p for p in (metrics_path, *probe_paths(health_path)) if p)
     if "health_details" not in values:
         environment = values.get("environment", Settings.environment)
         values["health_details"] = (
