@@ -93,6 +93,7 @@ class ObservabilityMiddleware:
             token=settings.health_token,
         )
         self._excluded = frozenset(settings.excluded_paths)
+        self._self_observed, self._self_observed_prefixes = _self_observed_paths(self._routes_app)
         self._request_id_header = settings.request_id_header.encode("latin-1")
         self._request_id_header_str = settings.request_id_header
         self._user_id_header = (
@@ -125,6 +126,13 @@ class ObservabilityMiddleware:
         path: str = scope["path"]
         if path == self._metrics_path:
             await self._metrics_app(scope, receive, send)
+            return
+
+        if path in self._self_observed or (
+            self._self_observed_prefixes and path.startswith(self._self_observed_prefixes)
+        ):
+            # Message deliveries and job triggers record their own span, metrics and log line.
+            await self.app(scope, receive, send)
             return
 
         # One pass over the request headers for everything we read.
@@ -432,6 +440,29 @@ class ObservabilityMiddleware:
                 parts.append(remaining)
                 break
         return "".join(parts) + leaf
+
+
+def _self_observed_paths(app: object) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Paths (and path prefixes) of routes whose endpoints observe themselves.
+
+    Their endpoints (Dapr message deliveries and job triggers) set the class
+    attribute `todo_observability_self_observed`; a parameterised path such as
+    `/job/{name:path}` becomes the prefix `/job/`.
+    """
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    for route in getattr(app, "routes", None) or ():
+        endpoint = getattr(route, "endpoint", None)
+        path = getattr(route, "path", None)
+        if not isinstance(path, str) or not getattr(
+            endpoint, "todo_observability_self_observed", False
+        ):
+            continue
+        if "{" in path:
+            prefixes.append(path.split("{", 1)[0])
+        else:
+            exact.add(path)
+    return frozenset(exact), tuple(prefixes)
 
 
 async def _answer_500(send: Send) -> None:

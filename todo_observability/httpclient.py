@@ -8,6 +8,7 @@ metrics (`http_client_requests_total`, `http_client_request_duration_seconds`).
 from __future__ import annotations
 
 import time
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -26,7 +27,37 @@ from todo_observability.tracing import TRACER_NAME
 if TYPE_CHECKING:
     from todo_observability._observability import Observability
 
-__all__ = ["AsyncInstrumentedTransport", "InstrumentedTransport", "create_http_client"]
+__all__ = [
+    "AsyncInstrumentedTransport",
+    "InstrumentedTransport",
+    "create_http_client",
+    "inject_correlation",
+]
+
+
+def inject_correlation(
+    headers: MutableMapping[str, str], span: trace.Span, observability: Observability | None
+) -> None:
+    """Write `span`'s trace context, baggage with the correlation ids, and the request id header.
+
+    `traceparent`/`tracestate` (and any other configured propagator's headers)
+    describe `span`; `baggage` carries `request_id` and `user_id` of the current
+    unit of work; the request id header is set unless `headers` has one.
+    """
+    ctx = trace.set_span_in_context(span)
+    request_ctx = current_context()
+    if request_ctx is not None:
+        ctx = baggage.set_baggage(BAGGAGE_REQUEST_ID, request_ctx.request_id, ctx)
+        if request_ctx.user_id is not None:
+            ctx = baggage.set_baggage(BAGGAGE_USER_ID, request_ctx.user_id, ctx)
+        header = (
+            observability.settings.request_id_header
+            if observability is not None
+            else "x-request-id"
+        )
+        if header not in headers:
+            headers[header] = request_ctx.request_id
+    propagate.inject(headers, context=ctx)
 
 
 class _Call:
@@ -52,16 +83,7 @@ class _Call:
                     "url.full": str(url.copy_with(query=None, fragment=None)),
                 }
             )
-        ctx = trace.set_span_in_context(span)
-        request_ctx = current_context()
-        if request_ctx is not None:
-            ctx = baggage.set_baggage(BAGGAGE_REQUEST_ID, request_ctx.request_id, ctx)
-            if request_ctx.user_id is not None:
-                ctx = baggage.set_baggage(BAGGAGE_USER_ID, request_ctx.user_id, ctx)
-            header = obs.settings.request_id_header if obs is not None else "x-request-id"
-            if header not in request.headers:
-                request.headers[header] = request_ctx.request_id
-        propagate.inject(request.headers, context=ctx)
+        inject_correlation(request.headers, span, obs)
         self.start = time.perf_counter()
 
     def finish(self, status: int | None, error: BaseException | None) -> None:

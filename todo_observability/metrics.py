@@ -155,6 +155,105 @@ HEALTH_CHECK_DURATION = MetricSpec(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0),
 )
 
+MESSAGE_LATENCY_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+"""End-to-end message latency buckets, in seconds: a queue can hold messages for minutes."""
+
+MESSAGING_PUBLISHED = MetricSpec(
+    "messaging_publish_messages_total",
+    "counter",
+    "Messages published through the Dapr sidecar, by topic and outcome (success or error).",
+    ("topic", "outcome"),
+)
+MESSAGING_PUBLISH_DURATION = MetricSpec(
+    "messaging_publish_duration_seconds",
+    "histogram",
+    "Time the sidecar took to accept a publish.",
+    ("topic",),
+)
+MESSAGING_PROCESSED = MetricSpec(
+    "messaging_process_messages_total",
+    "counter",
+    "Delivered messages handled, by subscribed topic and outcome (success, retry or drop).",
+    ("topic", "outcome"),
+)
+MESSAGING_PROCESS_DURATION = MetricSpec(
+    "messaging_process_duration_seconds",
+    "histogram",
+    "Time the handler of a delivered message took.",
+    ("topic",),
+)
+MESSAGING_IN_FLIGHT = MetricSpec(
+    "messaging_messages_in_flight",
+    "gauge",
+    "Delivered messages being handled now, by subscribed topic.",
+    ("topic",),
+)
+MESSAGING_END_TO_END = MetricSpec(
+    "messaging_end_to_end_latency_seconds",
+    "histogram",
+    "Time from publication (the CloudEvent time) to the end of handling, by subscribed topic.",
+    ("topic",),
+    buckets=MESSAGE_LATENCY_BUCKETS,
+)
+MESSAGING_DUPLICATES = MetricSpec(
+    "messaging_duplicate_messages_total",
+    "counter",
+    "Deliveries of a message id already processed, acknowledged without running the handler.",
+    ("topic",),
+)
+DEAD_LETTERS = MetricSpec(
+    "messaging_dead_letters_total",
+    "counter",
+    "Dead-lettered messages received and parked, by origin topic and the reason recorded when they failed.",
+    ("origin_topic", "reason"),
+)
+DEAD_LETTERS_PARKED = MetricSpec(
+    "messaging_dead_letters_parked",
+    "gauge",
+    "Messages waiting in the dead-letter store, by origin topic.",
+    ("origin_topic",),
+    multiprocess_mode="max",
+)
+DEAD_LETTER_REPLAYS = MetricSpec(
+    "messaging_dead_letter_replays_total",
+    "counter",
+    "Parked messages republished to their origin topic, by origin topic and outcome (success or error).",
+    ("origin_topic", "outcome"),
+)
+JOBS_SCHEDULED = MetricSpec(
+    "jobs_scheduled_total",
+    "counter",
+    "Jobs scheduled on the Dapr Jobs API, by job type and outcome (success or error).",
+    ("job_type", "outcome"),
+)
+JOB_TRIGGERS = MetricSpec(
+    "job_triggers_total",
+    "counter",
+    "Job triggers handled, by job type and outcome (success, retry or drop).",
+    ("job_type", "outcome"),
+)
+JOB_TRIGGER_DURATION = MetricSpec(
+    "job_trigger_duration_seconds",
+    "histogram",
+    "Time the handler of a job trigger took.",
+    ("job_type",),
+)
+
 CATALOGUE: tuple[MetricSpec, ...] = (
     HTTP_SERVER_REQUESTS,
     HTTP_SERVER_DURATION,
@@ -168,6 +267,19 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     PLUGIN_ERRORS,
     HEALTH_CHECK_STATUS,
     HEALTH_CHECK_DURATION,
+    MESSAGING_PUBLISHED,
+    MESSAGING_PUBLISH_DURATION,
+    MESSAGING_PROCESSED,
+    MESSAGING_PROCESS_DURATION,
+    MESSAGING_IN_FLIGHT,
+    MESSAGING_END_TO_END,
+    MESSAGING_DUPLICATES,
+    DEAD_LETTERS,
+    DEAD_LETTERS_PARKED,
+    DEAD_LETTER_REPLAYS,
+    JOBS_SCHEDULED,
+    JOB_TRIGGERS,
+    JOB_TRIGGER_DURATION,
 )
 """Every metric the SDK emits."""
 
@@ -234,6 +346,7 @@ class MetricSet:
         self._server: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._client: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._operations: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def counter(self, spec: MetricSpec) -> Counter:
         """The Counter declared by `spec`."""
@@ -300,6 +413,24 @@ class MetricSet:
             if len(self._operations) < self._cache_limit():
                 self._operations[key] = children
         return children
+
+    def child(self, spec: MetricSpec, *values: str) -> Any:
+        """The child of `spec`'s metric for label `values`, each value admitted by the guard.
+
+        Children are cached, so the hot path costs one dict lookup.
+        """
+        key = (spec.name, values)
+        child = self._children.get(key)
+        if child is None:
+            admit = self.guard.admit
+            admitted = [
+                admit(spec.name, label, value)
+                for label, value in zip(spec.labels, values, strict=True)
+            ]
+            child = self.by_name[spec.name].labels(*admitted)
+            if len(self._children) < 4 * self._cache_limit():
+                self._children[key] = child
+        return child
 
 
 _metric_sets: weakref.WeakKeyDictionary[CollectorRegistry, MetricSet] = weakref.WeakKeyDictionary()

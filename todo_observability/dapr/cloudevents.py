@@ -1,0 +1,197 @@
+"""CloudEvents as Dapr delivers them: parsing, validation and the trace context they carry.
+
+Dapr wraps every published payload in a CloudEvent 1.0 JSON envelope (DAPR.md
+§1.4). Its `traceid` field holds a full W3C `traceparent` string (a legacy name),
+and the delivery request carries the sidecar's own span in its `traceparent`
+header (§1.5). `extract_parent` applies the consumer rule: the header when
+valid, else the event's `traceparent`, else its `traceid`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, SpanContext
+
+from todo_observability.exceptions import ObservabilityError
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+
+__all__ = [
+    "MalformedEvent",
+    "TraceOrigin",
+    "decode_data",
+    "extract_parent",
+    "parse_event",
+    "parse_time",
+]
+
+try:
+    import orjson
+
+    _loads: Any = orjson.loads
+    _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, UnicodeDecodeError)
+except ImportError:  # pragma: no cover - orjson is optional
+    _loads = json.loads
+    _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
+
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_REQUIRED = ("id", "source", "type", "specversion")
+
+
+class MalformedEvent(ObservabilityError, ValueError):
+    """A delivered body is not a valid CloudEvent; the message says what is wrong."""
+
+
+def parse_event(body: bytes) -> dict[str, Any]:
+    """The CloudEvent in `body`, validated.
+
+    Raises:
+        MalformedEvent: naming what is wrong (not JSON, not an object, a required
+            attribute missing or empty, an unsupported specversion, bad data_base64).
+    """
+    try:
+        event = _loads(body)
+    except _JSON_ERRORS as exc:
+        raise MalformedEvent(f"the body is not JSON ({exc})") from None
+    if not isinstance(event, dict):
+        raise MalformedEvent(f"the body is a JSON {type(event).__name__}, not a CloudEvent object")
+    for attribute in _REQUIRED:
+        value = event.get(attribute)
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(f"the CloudEvent attribute {attribute!r} is missing or empty")
+    if event["specversion"] != "1.0":
+        raise MalformedEvent(
+            f"specversion {event['specversion']!r} is not supported; Dapr sends '1.0'"
+        )
+    return event
+
+
+def decode_data(event: Mapping[str, Any]) -> Any:
+    """The payload of `event`: `data`, or `data_base64` decoded (and parsed when JSON).
+
+    Raises:
+        MalformedEvent: when `data_base64` is not valid base64 or not the declared JSON.
+    """
+    if "data_base64" in event and "data" not in event:
+        encoded = event["data_base64"]
+        if not isinstance(encoded, str):
+            raise MalformedEvent("data_base64 is not a string")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise MalformedEvent("data_base64 is not valid base64") from None
+        if _is_json(event.get("datacontenttype")):
+            try:
+                return _loads(raw)
+            except _JSON_ERRORS as exc:
+                raise MalformedEvent(
+                    f"data_base64 does not hold the declared JSON ({exc})"
+                ) from None
+        return raw
+    return event.get("data")
+
+
+def _is_json(content_type: object) -> bool:
+    if not isinstance(content_type, str):
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def parse_time(value: object) -> datetime | None:
+    """The CloudEvent `time` (RFC 3339) as an aware datetime, or None when absent or invalid."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
+    # Python 3.10's fromisoformat takes at most 6 fractional digits; Go writes up to 9.
+    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)", text)
+    if match and match.group(2) and len(match.group(2)) > 7:
+        text = match.group(1) + match.group(2)[:7] + match.group(3)
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _valid_traceparent(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    match = _TRACEPARENT.fullmatch(value.strip())
+    return bool(match) and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}  # type: ignore[union-attr]
+
+
+class TraceOrigin:
+    """Where the consumer's parent came from, and the producer context to link.
+
+    Attributes:
+        parent: The OpenTelemetry context to start the consumer span in.
+        source: `header`, `cloudevent.traceparent`, `cloudevent.traceid` or `none`.
+        links: A link to the producer's context when it differs from the parent.
+    """
+
+    __slots__ = ("links", "parent", "source")
+
+    def __init__(self, parent: Context | None, source: str, links: list[Link]):
+        self.parent = parent
+        self.source = source
+        self.links = links
+
+
+def _span_context(context: Context) -> SpanContext:
+    return trace.get_current_span(context).get_span_context()
+
+
+def extract_parent(headers: Mapping[str, str], event: Mapping[str, Any] | None) -> TraceOrigin:
+    """Apply the consumer extraction rule of DAPR.md §1.5.
+
+    Parent: the `traceparent` header if valid; else the event's `traceparent`;
+    else its `traceid`. `tracestate` comes with whichever was chosen (the header's,
+    else the event's). Baggage is always read from the headers. When the header
+    won and the event names another span (the producer's), that span is linked.
+    """
+    header = headers.get("traceparent")
+    event_parent: tuple[str, str] | None = None
+    if event is not None:
+        for key in ("traceparent", "traceid"):
+            value = event.get(key)
+            if _valid_traceparent(value):
+                event_parent = (key, str(value).strip())
+                break
+    carrier: dict[str, str] = {}
+    if baggage := headers.get("baggage"):
+        carrier["baggage"] = baggage
+    if _valid_traceparent(header):
+        assert header is not None
+        carrier["traceparent"] = header
+        if header_state := headers.get("tracestate"):
+            carrier["tracestate"] = header_state
+        parent = propagate.extract(carrier)
+        links: list[Link] = []
+        if event_parent is not None:
+            assert event is not None
+            producer_carrier = {"traceparent": event_parent[1]}
+            if isinstance(producer_state := event.get("tracestate"), str) and producer_state:
+                producer_carrier["tracestate"] = producer_state
+            producer = _span_context(propagate.extract(producer_carrier))
+            if producer.is_valid and producer.span_id != _span_context(parent).span_id:
+                links.append(Link(producer, {"messaging.link.source": "cloudevent"}))
+        return TraceOrigin(parent, "header", links)
+    if event_parent is not None:
+        assert event is not None
+        carrier["traceparent"] = event_parent[1]
+        if isinstance(event_state := event.get("tracestate"), str) and event_state:
+            carrier["tracestate"] = event_state
+        return TraceOrigin(propagate.extract(carrier), f"cloudevent.{event_parent[0]}", [])
+    if carrier:
+        return TraceOrigin(propagate.extract(carrier), "none", [])
+    return TraceOrigin(None, "none", [])
