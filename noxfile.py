@@ -32,7 +32,7 @@ def _install(session: nox.Session, *groups: str, extras: str = "") -> None:
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Run the test suite under branch coverage on one Python version."""
-    _install(session, "tests", extras="fastapi,otlp")
+    _install(session, "tests", extras="fastapi,otlp,dapr")
     if os.environ.get("CI") == "true":
         if shutil.which("promtool") is None:
             session.error(
@@ -63,14 +63,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.12")
 def typecheck(session: nox.Session) -> None:
     """Type-check with mypy --strict: package, tests, examples, reference app, benchmarks, this file."""
-    _install(session, "typing", "benchmarks", extras="fastapi")
+    _install(session, "typing", "benchmarks", extras="fastapi,dapr")
     session.run("mypy", *session.posargs)
 
 
 @nox.session(python="3.12")
 def docs(session: nox.Session) -> None:
     """Build the mkdocs site with --strict (a broken link or reference fails)."""
-    _install(session, "docs", extras="fastapi")
+    _install(session, "docs", extras="fastapi,dapr")
     session.run(
         "mkdocs",
         "build",

@@ -52,6 +52,8 @@ __all__ = [
     "classify",
 ]
 
+REPLAYS_HEADER = "todo-obs-replays"
+"""Publish metadata (a broker header on delivery) counting the replays of a message."""
 MAX_DETAIL = 500
 """Characters of an error's text kept as the detail of a failure."""
 
@@ -411,10 +413,15 @@ class SqlDeadLetterStore:
         return {topic: int(count) for topic, count in rows}
 
 
+def _flat(key: str) -> str:
+    """`key` without '/', which the sidecar's state API cannot take in a key (reversible)."""
+    return key.replace("~", "~7E").replace("/", "~2F")
+
+
 class DaprStateDeadLetterStore:
     """A store in a Dapr state store, reached through the sidecar.
 
-    Each parked message is one item (`<prefix>parked/<park_id>`); an index item
+    Each parked message is one item (`<prefix>parked-<park_id>`, with `/` escaped); an index item
     lists them, updated with etag concurrency so concurrent parkers never lose
     an entry. Failure notes expire after `note_ttl_seconds`.
 
@@ -430,7 +437,7 @@ class DaprStateDeadLetterStore:
         client: DaprClient,
         store: str = "statestore",
         *,
-        prefix: str = "todo-obs-dlq/",
+        prefix: str = "todo-obs-dlq-",
         note_ttl_seconds: int = 7 * 24 * 3600,
     ):
         self.client = client
@@ -442,15 +449,18 @@ class DaprStateDeadLetterStore:
     async def note_failure(self, key: str, note: FailureNote) -> None:
         """Record the latest failure of `key`."""
         await self.client.save_state(
-            self.store, f"{self.prefix}note/{key}", asdict(note), ttl_seconds=self.note_ttl_seconds
+            self.store,
+            f"{self.prefix}note-{_flat(key)}",
+            asdict(note),
+            ttl_seconds=self.note_ttl_seconds,
         )
 
     async def pop_failure(self, key: str) -> FailureNote | None:
         """The latest note of `key`, forgotten."""
-        value, _etag = await self.client.get_state(self.store, f"{self.prefix}note/{key}")
+        value, _etag = await self.client.get_state(self.store, f"{self.prefix}note-{_flat(key)}")
         if value is None:
             return None
-        await self.client.delete_state(self.store, f"{self.prefix}note/{key}")
+        await self.client.delete_state(self.store, f"{self.prefix}note-{_flat(key)}")
         return FailureNote(**value)
 
     async def _update_index(self, add: str | None = None, remove: str | None = None) -> bool:
@@ -476,13 +486,15 @@ class DaprStateDeadLetterStore:
     async def park(self, message: ParkedMessage) -> None:
         """Keep `message`."""
         await self.client.save_state(
-            self.store, f"{self.prefix}parked/{message.park_id}", message.to_dict()
+            self.store, f"{self.prefix}parked-{_flat(message.park_id)}", message.to_dict()
         )
         await self._update_index(add=message.park_id)
 
     async def get(self, park_id: str) -> ParkedMessage | None:
         """The parked message, or None."""
-        value, _etag = await self.client.get_state(self.store, f"{self.prefix}parked/{park_id}")
+        value, _etag = await self.client.get_state(
+            self.store, f"{self.prefix}parked-{_flat(park_id)}"
+        )
         return ParkedMessage.from_dict(value) if value is not None else None
 
     async def list(
@@ -497,7 +509,7 @@ class DaprStateDeadLetterStore:
     async def remove(self, park_id: str) -> bool:
         """Forget `park_id`."""
         existed = await self._update_index(remove=park_id)
-        await self.client.delete_state(self.store, f"{self.prefix}parked/{park_id}")
+        await self.client.delete_state(self.store, f"{self.prefix}parked-{_flat(park_id)}")
         return existed
 
     async def counts(self) -> dict[str, int]:
@@ -584,6 +596,9 @@ class DeadLetters:
             for key in ("source", "subject")
             if isinstance(event.get(key), str) and event[key]
         }
+        # A broker header on delivery: if the replay is dead-lettered again, its new
+        # parked record still knows how many replays it had.
+        metadata[REPLAYS_HEADER] = str(message.replays + 1)
         data = decode_data(event)
         outcome = "error"
         try:

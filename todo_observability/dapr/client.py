@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -526,7 +527,9 @@ class DaprClient:
         tracer, _metrics, obs = self._obs()
         operation = f"get state {store}/{key}"
         with tracer.start_as_current_span("state get", kind=SpanKind.CLIENT) as span:
-            response = await self._send(operation, span, obs, "GET", f"/v1.0/state/{store}/{key}")
+            response = await self._send(
+                operation, span, obs, "GET", f"/v1.0/state/{store}/{_state_key(key)}"
+            )
         if response.status_code == 204 or not response.content:
             return None, None
         if response.status_code >= 300:
@@ -555,7 +558,7 @@ class DaprClient:
         """
         tracer, _metrics, obs = self._obs()
         operation = f"save state {store}/{key}"
-        item: dict[str, Any] = {"key": key, "value": value}
+        item: dict[str, Any] = {"key": _state_key(key), "value": value}
         if etag is not None:
             item["etag"] = etag
         if first_write:
@@ -585,7 +588,12 @@ class DaprClient:
         headers = {"if-match": etag} if etag is not None else None
         with tracer.start_as_current_span("state delete", kind=SpanKind.CLIENT) as span:
             response = await self._send(
-                operation, span, obs, "DELETE", f"/v1.0/state/{store}/{key}", headers=headers
+                operation,
+                span,
+                obs,
+                "DELETE",
+                f"/v1.0/state/{store}/{_state_key(key)}",
+                headers=headers,
             )
         if response.status_code == 409:
             return False
@@ -627,6 +635,15 @@ def job_type_of(name: str) -> str:
         if char in "-:/":
             return name[:index] or name
     return name
+
+
+def _state_key(key: str) -> str:
+    if not key or "/" in key:
+        raise ValueError(
+            f"state key {key!r} must be non-empty and hold no '/': the sidecar's HTTP API "
+            "routes /v1.0/state/<store>/<key> on slashes."
+        )
+    return quote(key, safe="")
 
 
 def _is_sidecar_error(response: httpx.Response) -> bool:

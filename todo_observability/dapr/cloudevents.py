@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanContext
+from opentelemetry.trace import Link, SpanContext, TraceFlags, TraceState
 
 from todo_observability.exceptions import ObservabilityError
 
@@ -123,11 +123,17 @@ def parse_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
-def _valid_traceparent(value: object) -> bool:
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+def _traceparent(value: object) -> re.Match[str] | None:
     if not isinstance(value, str):
-        return False
+        return None
     match = _TRACEPARENT.fullmatch(value.strip())
-    return bool(match) and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}  # type: ignore[union-attr]
+    if match is None or match.group(1) == _ZERO_TRACE or match.group(2) == _ZERO_SPAN:
+        return None
+    return match
 
 
 class TraceOrigin:
@@ -136,15 +142,42 @@ class TraceOrigin:
     Attributes:
         parent: The OpenTelemetry context to start the consumer span in.
         source: `header`, `cloudevent.traceparent`, `cloudevent.traceid` or `none`.
-        links: A link to the producer's context when it differs from the parent.
+        links: A link to the producer's context when it differs from the parent
+            (made on first use: an unsampled consumer span never needs it).
     """
 
-    __slots__ = ("links", "parent", "source")
+    __slots__ = ("_links", "_producer", "parent", "source")
 
-    def __init__(self, parent: Context | None, source: str, links: list[Link]):
+    def __init__(
+        self,
+        parent: Context | None,
+        source: str,
+        links: list[Link] | None = None,
+        producer: tuple[re.Match[str], object] | None = None,
+    ):
         self.parent = parent
         self.source = source
-        self.links = links
+        self._links = links
+        self._producer = producer
+
+    @property
+    def links(self) -> list[Link]:
+        """The link to the producer's span, if any (built on first use)."""
+        if self._links is None:
+            self._links = []
+            if self._producer is not None:
+                match, state = self._producer
+                producer = SpanContext(
+                    trace_id=int(match.group(1), 16),
+                    span_id=int(match.group(2), 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(int(match.group(3), 16) & 1),
+                    trace_state=TraceState.from_header([state])
+                    if isinstance(state, str) and state
+                    else None,
+                )
+                self._links.append(Link(producer, _LINK_ATTRIBUTES))
+        return self._links
 
 
 def _span_context(context: Context) -> SpanContext:
@@ -160,38 +193,38 @@ def extract_parent(headers: Mapping[str, str], event: Mapping[str, Any] | None) 
     won and the event names another span (the producer's), that span is linked.
     """
     header = headers.get("traceparent")
-    event_parent: tuple[str, str] | None = None
+    event_parent: tuple[str, re.Match[str]] | None = None
     if event is not None:
         for key in ("traceparent", "traceid"):
-            value = event.get(key)
-            if _valid_traceparent(value):
-                event_parent = (key, str(value).strip())
+            match = _traceparent(event.get(key))
+            if match is not None:
+                event_parent = (key, match)
                 break
     carrier: dict[str, str] = {}
     if baggage := headers.get("baggage"):
         carrier["baggage"] = baggage
-    if _valid_traceparent(header):
+    if _traceparent(header) is not None:
         assert header is not None
         carrier["traceparent"] = header
         if header_state := headers.get("tracestate"):
             carrier["tracestate"] = header_state
         parent = propagate.extract(carrier)
-        links: list[Link] = []
+        producer = None
         if event_parent is not None:
             assert event is not None
-            producer_carrier = {"traceparent": event_parent[1]}
-            if isinstance(producer_state := event.get("tracestate"), str) and producer_state:
-                producer_carrier["tracestate"] = producer_state
-            producer = _span_context(propagate.extract(producer_carrier))
-            if producer.is_valid and producer.span_id != _span_context(parent).span_id:
-                links.append(Link(producer, {"messaging.link.source": "cloudevent"}))
-        return TraceOrigin(parent, "header", links)
+            match = event_parent[1]
+            if int(match.group(2), 16) != _span_context(parent).span_id:
+                producer = (match, event.get("tracestate"))
+        return TraceOrigin(parent, "header", None, producer)
     if event_parent is not None:
         assert event is not None
-        carrier["traceparent"] = event_parent[1]
+        carrier["traceparent"] = event_parent[1].string.strip()
         if isinstance(event_state := event.get("tracestate"), str) and event_state:
             carrier["tracestate"] = event_state
         return TraceOrigin(propagate.extract(carrier), f"cloudevent.{event_parent[0]}", [])
     if carrier:
         return TraceOrigin(propagate.extract(carrier), "none", [])
     return TraceOrigin(None, "none", [])
+
+
+_LINK_ATTRIBUTES = {"messaging.link.source": "cloudevent"}

@@ -80,6 +80,11 @@ class InMemoryIdempotencyStore:
         self._busy.pop(key, None)
 
 
+def _flat(key: str) -> str:
+    """`key` without '/', which the sidecar's state API cannot take in a key (reversible)."""
+    return key.replace("~", "~7E").replace("/", "~2F")
+
+
 class DaprStateIdempotencyStore:
     """Keys in a Dapr state store, shared by every replica of a service.
 
@@ -100,7 +105,7 @@ class DaprStateIdempotencyStore:
         client: DaprClient,
         store: str = "statestore",
         *,
-        prefix: str = "todo-obs-idempotency/",
+        prefix: str = "todo-obs-idempotency-",
         ttl_seconds: int = 7 * 24 * 3600,
         processing_timeout: float = 300.0,
     ):
@@ -112,7 +117,7 @@ class DaprStateIdempotencyStore:
 
     async def claim(self, key: str) -> Claim:
         """Take `key`, or say it is done or busy."""
-        value, etag = await self.client.get_state(self.store, self.prefix + key)
+        value, etag = await self.client.get_state(self.store, self.prefix + _flat(key))
         if isinstance(value, dict):
             if value.get("state") == "done":
                 return Claim.DONE
@@ -121,7 +126,7 @@ class DaprStateIdempotencyStore:
                 return Claim.BUSY
         taken = await self.client.save_state(
             self.store,
-            self.prefix + key,
+            self.prefix + _flat(key),
             {"state": "processing", "since": time.time()},
             etag=etag,
             first_write=True,
@@ -132,9 +137,9 @@ class DaprStateIdempotencyStore:
     async def complete(self, key: str) -> None:
         """Remember `key` as processed."""
         await self.client.save_state(
-            self.store, self.prefix + key, {"state": "done"}, ttl_seconds=self.ttl_seconds
+            self.store, self.prefix + _flat(key), {"state": "done"}, ttl_seconds=self.ttl_seconds
         )
 
     async def release(self, key: str) -> None:
         """Let `key` be claimed again."""
-        await self.client.delete_state(self.store, self.prefix + key)
+        await self.client.delete_state(self.store, self.prefix + _flat(key))

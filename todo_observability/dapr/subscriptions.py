@@ -37,6 +37,7 @@ from todo_observability.context import (
     BAGGAGE_USER_ID,
     RequestContext,
     active_observability,
+    current_fields,
     enter_context,
     exit_context,
     new_request_id,
@@ -52,6 +53,7 @@ from todo_observability.dapr.cloudevents import (
 )
 from todo_observability.dapr.idempotency import Claim, IdempotencyStore, InMemoryIdempotencyStore
 from todo_observability.dlq import (
+    REPLAYS_HEADER,
     DeadLetters,
     DeadLetterStore,
     FailureNote,
@@ -64,7 +66,7 @@ from todo_observability.dlq import (
     park_key,
 )
 from todo_observability.exceptions import ConfigurationError
-from todo_observability.logs import TRUSTED_CONTEXT_ATTR
+from todo_observability.logs import TRUSTED_CONTEXT_ATTR, emit_trusted
 from todo_observability.metrics import (
     DEAD_LETTERS,
     JOB_TRIGGER_DURATION,
@@ -536,10 +538,11 @@ class Subscriptions:
         topic = sub.topic
         origin_topic = str(event.get("topic") or topic) if event is not None else topic
         event_id = str(event["id"]) if event is not None else ""
-        span = tracer.start_span(
-            f"{topic} process", context=parent, kind=SpanKind.CONSUMER, links=origin.links
-        )
+        span = tracer.start_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER)
         if span.is_recording():
+            # Built only for a recorded span: an unsampled one would discard it.
+            for link in origin.links:
+                span.add_link(link.context, link.attributes)
             attributes: dict[str, Any] = {
                 "messaging.system": "kafka" if "__partition" in headers else "dapr",
                 "messaging.operation.type": "process",
@@ -610,7 +613,13 @@ class Subscriptions:
                             await self.idempotency.complete(key)
                         self._attempts.forget(key)
                         if attempt > 1:
+                            # A redelivery succeeded: its failures are moot, and a copy
+                            # dead-lettered earlier (a duplicate that ran out of retries)
+                            # leaves the park, so nothing is both processed and parked.
                             await self.dead_letter_store.pop_failure(key)
+                            if await self.dead_letter_store.remove(key):
+                                await self.dead_letters.refresh_gauge()
+                                span.set_attribute("todo_observability.parked_copy_resolved", True)
         except Exception as exc:  # noqa: BLE001 - the SDK's own store failing means RETRY
             # The SDK's own stores failed (a state store down): let the sidecar try again.
             error = exc
@@ -699,6 +708,9 @@ class Subscriptions:
             if error is not None and level == logging.ERROR
             else None
         )
+        # The access log's direct path: no LogRecord, no findCaller, the same line.
+        if exc_info is None and not current_fields() and emit_trusted(_log, level, text, fields):
+            return
         _log.log(level, text, exc_info=exc_info, extra={TRUSTED_CONTEXT_ATTR: fields})
 
     async def _park(
@@ -745,10 +757,33 @@ class Subscriptions:
             traceparent=str(traceparent) if traceparent else None,
             tracestate=str(tracestate) if tracestate else None,
             parked_at=now(),
+            replays=int(replays) if (replays := headers.get(REPLAYS_HEADER, "")).isdigit() else 0,
         )
+        if event is not None and self.idempotency is not None:
+            # Processed meanwhile (a duplicate of it succeeded first): nothing to park.
+            claim = await self.idempotency.claim(key)
+            if claim is Claim.NEW:
+                await self.idempotency.release(key)
+            elif claim is Claim.DONE:
+                trace.get_current_span().set_attribute(
+                    "todo_observability.dead_letter.already_processed", True
+                )
+                _log.info(
+                    "dead letter already processed, not parked",
+                    extra={TRUSTED_CONTEXT_ATTR: {"park_id": key, "reason": reason}},
+                )
+                return
         already = await self.dead_letter_store.get(key)
         if already is not None:
-            parked = ParkedMessage.from_dict({**parked.to_dict(), "replays": already.replays})
+            # A redelivered or duplicate dead letter: keep the reason recorded first.
+            kept: dict[str, Any] = {"replays": max(already.replays, parked.replays)}
+            if event is not None and reason == "unrecorded":
+                kept |= {
+                    "reason": already.reason,
+                    "detail": already.detail,
+                    "attempts": already.attempts,
+                }
+            parked = ParkedMessage.from_dict({**parked.to_dict(), **kept})
         await self.dead_letter_store.park(parked)
         if already is None:
             metrics.child(DEAD_LETTERS, origin_topic, reason).inc()
