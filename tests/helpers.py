@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import httpx
@@ -25,3 +26,11 @@ def server_spans(obs: Observability) -> list[Any]:
     from opentelemetry.trace import SpanKind
 
     return [span for span in spans(obs) if span.kind is SpanKind.SERVER]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

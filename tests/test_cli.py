@@ -92,3 +92,19 @@ def test_config_names_resource_attributes_as_the_source(monkeypatch: pytest.Monk
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=recurring")
     rows = {line.split()[0]: line.split() for line in run("config")[1].splitlines()[1:]}
     assert rows["service_name"][1:] == ["recurring", "$OTEL_RESOURCE_ATTRIBUTES"]
+
+
+def test_dlq_says_when_the_service_cannot_be_reached() -> None:
+    from tests.helpers import free_port
+
+    out = io.StringIO()
+    service = f"http://127.0.0.1:{free_port()}"
+    assert main(["dlq", "--service", service, "--timeout", "2", "list"], out=out) == 1
+    assert f"cannot reach {service}" in out.getvalue()
+    assert "--service" in out.getvalue()
+
+
+def test_dlq_purge_needs_yes_before_anything_is_sent() -> None:
+    out = io.StringIO()
+    assert main(["dlq", "--service", "http://127.0.0.1:9", "purge", "pubsub/t/1"], out=out) == 1
+    assert "repeat with --yes" in out.getvalue()

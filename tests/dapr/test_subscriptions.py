@@ -529,3 +529,26 @@ async def test_bulk_deliveries_answer_a_status_per_entry(make_observability: Any
     assert response.json() == {
         "statuses": [{"entryId": "e1", "status": "SUCCESS"}, {"entryId": "e2", "status": "DROP"}]
     }
+
+
+async def test_each_app_records_into_its_own_observability(make_observability: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    apps, registries = [], []
+    for name in ("first", "second"):
+        subs = Subscriptions()
+
+        @subs.subscribe("pubsub", "task-events")
+        async def handle(message: Message) -> None:
+            pass
+
+        app = Starlette()
+        registry = CollectorRegistry()
+        make_observability(app, service_name=name, registry=registry)
+        subs.install(app)
+        apps.append(app)
+        registries.append(registry)
+    await deliver(apps[0], cloudevent("m-1"))
+    labels = {"topic": "task-events", "outcome": "success"}
+    assert metric_value(registries[0], "messaging_process_messages_total", **labels) == 1
+    assert metric_value(registries[1], "messaging_process_messages_total", **labels) == 0

@@ -21,18 +21,12 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.helpers import free_port
+
 MISSING_POSTGRESQL = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package "
     "'postgresql' (apt-get install postgresql; ./dev test installs it)."
 )
-
-
-def free_port() -> int:
-    """A loopback port free right now (the OS picks it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

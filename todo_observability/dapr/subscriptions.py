@@ -271,6 +271,7 @@ class Subscriptions:
         self._attempts = _Attempts(max_tracked_attempts)
         self._job_attempts = _Attempts(max_tracked_attempts)
         self._installed = False
+        self._app: Any = None
         self._dead_letters: DeadLetters | None = None
 
     # -- declaring -----------------------------------------------------------------------
@@ -462,6 +463,7 @@ class Subscriptions:
             routes.append(Route("/job/{name:path}", _JobEndpoint(self), methods=["POST"]))
         routes.extend(_admin_routes(self))
         app.router.routes.extend(routes)
+        self._app = app
         self._installed = True
         parked = {(sub.pubsub, sub.topic) for sub in self._subscriptions if sub.parks}
         for sub in self._subscriptions:
@@ -490,13 +492,18 @@ class Subscriptions:
     # -- delivering ----------------------------------------------------------------------
 
     def _obs(self) -> Observability | None:
-        return self._observability or active_observability()
+        """The `Observability` to record into: given, else the app's (`configure(app)`), else the default."""
+        if self._observability is not None:
+            return self._observability
+        state = getattr(self._app, "state", None)
+        obs: Observability | None = getattr(state, "observability", None)
+        return obs if obs is not None else active_observability()
 
     def _metrics(self) -> MetricSet:
         obs = self._obs()
         return obs.metrics if obs is not None else metric_set()
 
-    def authorized(self, scope: Scope) -> bool:
+    def _authorized(self, scope: Scope) -> bool:
         """Whether a request carries the `APP_API_TOKEN` (always, when none is configured)."""
         token = self._app_token
         if token is None:
@@ -506,7 +513,7 @@ class Subscriptions:
                 return bool(value == token)
         return False
 
-    async def deliver(
+    async def _deliver(
         self, sub: _Subscription, body: bytes, headers: Mapping[str, str]
     ) -> tuple[Outcome, str]:
         """Handle one delivered message; (outcome, reason)."""
@@ -792,7 +799,7 @@ class Subscriptions:
         )
         await self.dead_letters.refresh_gauge()
 
-    async def trigger(self, name: str, body: bytes) -> int:
+    async def _trigger(self, name: str, body: bytes) -> int:
         """Handle one job trigger; the HTTP status to answer (200, 404 or 500)."""
         obs = self._obs()
         if obs is not None:
@@ -943,7 +950,21 @@ _UNAUTHORIZED = _dumps(
 )
 
 
-class _SelfObserved:
+class _SidecarEndpoint:
+    """An endpoint the sidecar calls: refused (401) without `APP_API_TOKEN` when one is set."""
+
+    def __init__(self, owner: Subscriptions):
+        self.owner = owner
+
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The request body, or None after answering 401."""
+        if not self.owner._authorized(scope):
+            await _respond(send, 401, _UNAUTHORIZED)
+            return None
+        return await _read_body(receive)
+
+
+class _SelfObserved(_SidecarEndpoint):
     """An endpoint that records its own span, metrics and log line: the middleware passes it through."""
 
     todo_observability_self_observed = True
@@ -951,14 +972,13 @@ class _SelfObserved:
 
 class _DeliveryEndpoint(_SelfObserved):
     def __init__(self, owner: Subscriptions, subscription: _Subscription):
-        self.owner = owner
+        super().__init__(owner)
         self.subscription = subscription
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.owner.authorized(scope):
-            await _respond(send, 401, _UNAUTHORIZED)
+        body = await self._accept(scope, receive, send)
+        if body is None:
             return
-        body = await _read_body(receive)
         headers = {
             name.decode("latin-1").lower(): value.decode("latin-1")
             for name, value in scope["headers"]
@@ -968,7 +988,7 @@ class _DeliveryEndpoint(_SelfObserved):
         ):
             await _respond(send, 200, await self._bulk(body, headers))
             return
-        outcome, _reason = await self.owner.deliver(self.subscription, body, headers)
+        outcome, _reason = await self.owner._deliver(self.subscription, body, headers)
         await _respond(send, 200, _STATUS_BODIES[outcome])
 
     async def _bulk(self, body: bytes, headers: dict[str, str]) -> bytes:
@@ -978,7 +998,7 @@ class _DeliveryEndpoint(_SelfObserved):
             assert isinstance(entries, list)
         except (ValueError, KeyError, TypeError, AssertionError):
             # Not a bulk envelope: handle it as one (malformed) message.
-            outcome, _ = await self.owner.deliver(self.subscription, body, headers)
+            outcome, _ = await self.owner._deliver(self.subscription, body, headers)
             return _STATUS_BODIES[outcome]
         statuses = []
         for entry in entries:
@@ -992,32 +1012,24 @@ class _DeliveryEndpoint(_SelfObserved):
                 **headers,
                 **{str(k).lower(): str(v) for k, v in (entry.get("metadata") or {}).items()},
             }
-            outcome, _ = await self.owner.deliver(self.subscription, raw, entry_headers)
+            outcome, _ = await self.owner._deliver(self.subscription, raw, entry_headers)
             statuses.append({"entryId": entry_id, "status": outcome.value})
         return _dumps({"statuses": statuses})
 
 
 class _JobEndpoint(_SelfObserved):
-    def __init__(self, owner: Subscriptions):
-        self.owner = owner
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.owner.authorized(scope):
-            await _respond(send, 401, _UNAUTHORIZED)
+        body = await self._accept(scope, receive, send)
+        if body is None:
             return
-        body = await _read_body(receive)
         name = scope["path_params"]["name"]
-        status = await self.owner.trigger(name, body)
+        status = await self.owner._trigger(name, body)
         await _respond(send, status, b"{}" if status == 200 else _dumps({"status": status}))
 
 
-class _SubscribeEndpoint:
-    def __init__(self, owner: Subscriptions):
-        self.owner = owner
-
+class _SubscribeEndpoint(_SidecarEndpoint):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.owner.authorized(scope):
-            await _respond(send, 401, _UNAUTHORIZED)
+        if await self._accept(scope, receive, send) is None:
             return
         await _respond(send, 200, _dumps(self.owner.dapr_subscriptions()))
 
