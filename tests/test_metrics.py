@@ -278,3 +278,21 @@ def test_shutdown_releases_target_info_and_the_latest_label_cap_applies(
     assert REGISTRY.get_target_info()["service_name"] == "b"  # type: ignore[index]
     assert second.metrics is first.metrics
     assert second.metrics.guard.max_values == 7
+
+
+def test_applications_register_their_own_metrics_beside_the_catalogue() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from todo_observability.metrics import MetricSpec, metric_set
+
+    registry = CollectorRegistry()
+    metrics = metric_set(registry)
+    spec = MetricSpec("app_things_total", "counter", "Things done, by kind.", ("kind",))
+    first = metrics.register(spec)
+    assert metrics.register(spec) is first
+    metrics.child(spec, "a").inc()
+    assert registry.get_sample_value("app_things_total", {"kind": "a"}) == 1
+    with pytest.raises(ValueError, match="another declaration"):
+        metrics.register(MetricSpec("app_things_total", "counter", "Other help.", ("kind",)))
+    with pytest.raises(ValueError, match="another declaration"):
+        metrics.register(MetricSpec("http_server_requests_total", "counter", "Mine.", ()))

@@ -340,6 +340,7 @@ class MetricSet:
         self.by_name: dict[str, MetricWrapperBase] = {
             spec.name: _create(spec, registry) for spec in CATALOGUE
         }
+        self._specs: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
         self.guard = LabelGuard(max_label_values, self.counter(LABEL_OVERFLOW))
         # Label children cached by raw label values, so the hot path does one
         # dict lookup instead of prometheus_client's locked `labels()` per metric.
@@ -347,6 +348,25 @@ class MetricSet:
         self._client: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._operations: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def register(self, spec: MetricSpec) -> MetricWrapperBase:
+        """Create an application's own metric, declared like the catalogue's, in this registry.
+
+        Registering the same spec again returns the existing metric; `child()` then
+        works for it, with the cardinality guard. A different spec under a name
+        already taken raises ValueError.
+        """
+        existing = self.by_name.get(spec.name)
+        if existing is not None:
+            if self._specs.get(spec.name, spec) != spec:
+                raise ValueError(
+                    f"metric {spec.name!r} is already registered with another declaration; "
+                    "give each metric one MetricSpec."
+                )
+            return existing
+        metric = self.by_name[spec.name] = _create(spec, self.registry)
+        self._specs[spec.name] = spec
+        return metric
 
     def counter(self, spec: MetricSpec) -> Counter:
         """The Counter declared by `spec`."""

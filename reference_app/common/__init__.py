@@ -1,0 +1,1 @@
+"""What the reference services share: event contracts, authentication, recurrence, settings."""
