@@ -165,6 +165,9 @@ class ParkedMessage:
         tracestate: Its tracestate.
         parked_at: When it was parked (seconds since the epoch).
         replays: How many replays were attempted.
+        kind: `message` (a dead-lettered pub/sub message) or `job` (a job trigger whose
+            handler dropped it: `park_id` is `job/<name>`, `origin_topic` is `job/<type>`).
+        job_data: For a job: the data it was scheduled with, rescheduled on replay.
     """
 
     park_id: str
@@ -182,6 +185,8 @@ class ParkedMessage:
     tracestate: str | None = None
     parked_at: float = 0.0
     replays: int = 0
+    kind: str = "message"
+    job_data: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
@@ -568,12 +573,16 @@ class DeadLetters:
             KeyError: nothing is parked under `park_id`.
             NotReplayable: the message was not a valid CloudEvent.
             DaprError: the sidecar refused the publish (the message stays parked).
+
+        A parked job is scheduled again instead, due now, with its name and data.
         """
         from todo_observability.dapr.cloudevents import decode_data
 
         message = await self.store.get(park_id)
         if message is None:
             raise KeyError(park_id)
+        if message.kind == "job":
+            return await self._reschedule(message)
         if message.event is None:
             raise NotReplayable(
                 f"{park_id} was not a valid CloudEvent when it arrived ({message.detail}); "
@@ -582,14 +591,7 @@ class DeadLetters:
         if self.client is None:
             raise ObservabilityError("replay needs a DaprClient: pass client= to Subscriptions.")
         event = message.event
-        links = []
-        if message.traceparent:
-            carrier = {"traceparent": message.traceparent}
-            if message.tracestate:
-                carrier["tracestate"] = message.tracestate
-            original = trace.get_current_span(propagate.extract(carrier)).get_span_context()
-            if original.is_valid:
-                links.append(Link(original, {"messaging.link.source": "dead_letter_replay"}))
+        links = _links_to(message)
         await self.store.park(replace(message, replays=message.replays + 1))
         metadata = {
             f"cloudevent.{key}": event[key]
@@ -619,6 +621,27 @@ class DeadLetters:
         await self.refresh_gauge()
         return message
 
+    async def _reschedule(self, message: ParkedMessage) -> ParkedMessage:
+        """Schedule a parked job again, due now, under its name and with its data."""
+        if self.client is None:
+            raise ObservabilityError("replay needs a DaprClient: pass client= to Subscriptions.")
+        await self.store.park(replace(message, replays=message.replays + 1))
+        outcome = "error"
+        try:
+            await self.client.schedule_job(
+                message.event_id,
+                data=message.job_data,
+                due_time="0s",
+                overwrite=True,
+                links=_links_to(message),
+            )
+            outcome = "success"
+        finally:
+            self.metrics.child(DEAD_LETTER_REPLAYS, message.origin_topic, outcome).inc()
+        await self.store.remove(message.park_id)
+        await self.refresh_gauge()
+        return message
+
     async def replay_all(
         self, *, origin_topic: str | None = None, limit: int = 1000
     ) -> dict[str, str]:
@@ -637,6 +660,19 @@ class DeadLetters:
         removed = await self.store.remove(park_id)
         await self.refresh_gauge()
         return removed
+
+
+def _links_to(message: ParkedMessage) -> list[Link]:
+    """A link to the parked message's original trace, when it has one."""
+    if not message.traceparent:
+        return []
+    carrier = {"traceparent": message.traceparent}
+    if message.tracestate:
+        carrier["tracestate"] = message.tracestate
+    original = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    if not original.is_valid:
+        return []
+    return [Link(original, {"messaging.link.source": "dead_letter_replay"})]
 
 
 def body_text(body: bytes) -> str:

@@ -93,15 +93,21 @@ async def test_plain_job_data_is_passed_through(make_observability: Any) -> None
 
 
 @pytest.mark.parametrize(
-    ("raised", "status", "outcome"),
+    ("raised", "status", "outcome", "attempts_seen"),
     [
-        (Retry("smtp_down"), 500, "retry"),
-        (RuntimeError("x"), 500, "retry"),
-        (Drop("gone"), 404, "drop"),
+        (Retry("smtp_down"), 500, "retry", [1, 2]),
+        (RuntimeError("x"), 500, "retry", [1, 2]),
+        # A dropped trigger is parked; a later trigger (a replay) starts again at 1.
+        (Drop("gone"), 404, "drop", [1, 1]),
     ],
 )
 async def test_outcomes_become_statuses_the_scheduler_understands(
-    make_observability: Any, metrics_registry: Any, raised: Exception, status: int, outcome: str
+    make_observability: Any,
+    metrics_registry: Any,
+    raised: Exception,
+    status: int,
+    outcome: str,
+    attempts_seen: list[int],
 ) -> None:
     attempts: list[int] = []
     subs = Subscriptions()
@@ -114,7 +120,9 @@ async def test_outcomes_become_statuses_the_scheduler_understands(
     app = app_with(subs, make_observability)
     assert await trigger(app, "reminder-1", {}) == status
     assert await trigger(app, "reminder-1", {}) == status
-    assert attempts == [1, 2]
+    assert attempts == attempts_seen
+    parked = await subs.dead_letters.list()
+    assert [m.park_id for m in parked] == (["job/reminder-1"] if outcome == "drop" else [])
     assert (
         metric_value(metrics_registry, "job_triggers_total", job_type="reminder", outcome=outcome)
         == 2

@@ -95,3 +95,60 @@ async def test_get_and_delete_a_job(notifications: Notifications) -> None:
     assert job["data"]["data"] == {"task_id": 7}
     await notifications.dapr.delete_job("reminder-7")
     assert await notifications.dapr.get_job("reminder-7") is None
+
+
+async def test_a_dropped_job_is_parked_and_a_replay_schedules_it_again(
+    make_observability: Any, metrics_registry: Any
+) -> None:
+    from todo_observability.dapr import Drop
+    from todo_observability.testing import metric_value
+
+    broken = True
+    seen: list[Job] = []
+    app = Starlette()
+    make_observability(app, service_name="notifications")
+    sidecar = Sidecar("notifications", app_transport=httpx.ASGITransport(app=app))
+    dapr = DaprClient("http://127.0.0.1:3500", transport=httpx.ASGITransport(app=sidecar.asgi))
+    subs = Subscriptions(client=dapr)
+
+    @subs.job("reminder")
+    async def remind(job: Job) -> None:
+        seen.append(job)
+        if broken:
+            raise Drop("smtp_unavailable", "connection refused")
+
+    subs.install(app)
+
+    def parked_one() -> bool:
+        labels = {"origin_topic": "job/reminder"}
+        return metric_value(metrics_registry, "messaging_dead_letters_parked", **labels) == 1
+
+    async with sidecar, dapr:
+        await dapr.schedule_job("reminder-9", data={"task_id": 9}, due_time="0s")
+        await sidecar.wait_for(parked_one, timeout=10)
+        [parked] = await subs.dead_letters.list()
+        assert (parked.park_id, parked.kind, parked.origin_topic) == (
+            "job/reminder-9",
+            "job",
+            "job/reminder",
+        )
+        assert (parked.reason, parked.job_data) == ("smtp_unavailable", {"task_id": 9})
+        assert [t.status_code for t in sidecar.job_triggers] == [404]  # not triggered again
+        assert (
+            metric_value(
+                metrics_registry,
+                "messaging_dead_letters_total",
+                origin_topic="job/reminder",
+                reason="smtp_unavailable",
+            )
+            == 1
+        )
+
+        broken = False
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+            response = await http.post("http://app/dapr/dead-letters/job/reminder-9/replay")
+        assert response.status_code == 200, response.text
+        await sidecar.wait_for(lambda: len(seen) == 2, timeout=10)
+        assert seen[1].name == "reminder-9"
+        assert seen[1].data == {"task_id": 9}
+        assert await subs.dead_letters.list() == []

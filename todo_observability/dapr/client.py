@@ -398,6 +398,7 @@ class DaprClient:
         overwrite: bool = False,
         failure_policy: Mapping[str, Any] | None = None,
         job_type: str | None = None,
+        links: Iterable[trace.Link] = (),
     ) -> None:
         """Schedule the job `name` on the Jobs API (stable `/v1.0/jobs`, else the alpha path).
 
@@ -416,6 +417,7 @@ class DaprClient:
             overwrite: Replace an existing job of the same name.
             failure_policy: Dapr's failurePolicy (`{"drop": {}}` or `{"constant": {...}}`).
             job_type: The `job_type` metric label (default: `name` up to its first `-`, `:` or `/`).
+            links: Span links of the scheduling span (a replay links its original).
 
         Raises:
             ValueError: neither `due_time` nor `schedule` was given.
@@ -429,7 +431,7 @@ class DaprClient:
         tracer, metrics, obs = self._obs()
         job_type = job_type or job_type_of(name)
         operation = f"schedule job {name}"
-        span = tracer.start_span(f"{job_type} schedule", kind=SpanKind.PRODUCER)
+        span = tracer.start_span(f"{job_type} schedule", kind=SpanKind.PRODUCER, links=list(links))
         span.set_attribute("dapr.job.name", name)
         carrier: dict[str, str] = {}
         inject_correlation(carrier, span, obs)

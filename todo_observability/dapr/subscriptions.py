@@ -799,6 +799,48 @@ class Subscriptions:
         )
         await self.dead_letters.refresh_gauge()
 
+    async def _park_job(
+        self,
+        name: str,
+        job_type: str,
+        data: Any,
+        embedded: Mapping[str, Any],
+        reason: str,
+        detail: str,
+        attempt: int,
+        metrics: MetricSet,
+    ) -> None:
+        park_id = f"{_JOB_PARK_PREFIX}{name}"
+        origin = f"{_JOB_PARK_PREFIX}{job_type}"
+        already = await self.dead_letter_store.get(park_id)
+        traceparent = embedded.get("traceparent")
+        tracestate = embedded.get("tracestate")
+        await self.dead_letter_store.park(
+            ParkedMessage(
+                park_id=park_id,
+                event_id=name,
+                pubsub="",
+                origin_topic=origin,
+                dead_letter_topic="",
+                reason=reason,
+                detail=detail,
+                attempts=attempt,
+                metadata={"job_name": name, "job_type": job_type},
+                traceparent=traceparent if isinstance(traceparent, str) else None,
+                tracestate=tracestate if isinstance(tracestate, str) and tracestate else None,
+                parked_at=now(),
+                replays=already.replays if already is not None else 0,
+                kind="job",
+                job_data=data,
+            )
+        )
+        if already is None:
+            metrics.child(DEAD_LETTERS, origin, reason).inc()
+        trace.get_current_span().set_attributes(
+            {"todo_observability.dead_letter.reason": reason, "todo_observability.park_id": park_id}
+        )
+        await self.dead_letters.refresh_gauge()
+
     async def _trigger(self, name: str, body: bytes) -> int:
         """Handle one job trigger; the HTTP status to answer (200, 404 or 500)."""
         obs = self._obs()
@@ -873,6 +915,17 @@ class Subscriptions:
                     error = exc
                     outcome, reason, detail = classify(exc)
                     status = 404 if outcome is Outcome.DROP else 500
+            if outcome is Outcome.DROP:
+                # Nothing is lost: a dropped trigger waits in the park for a replay.
+                try:
+                    await self._park_job(
+                        name, job_type, payload, embedded, reason, detail, attempt, metrics
+                    )
+                    self._job_attempts.forget(name)
+                except Exception as exc:  # noqa: BLE001 - unparked, the scheduler must try again
+                    error = exc
+                    outcome, reason, status = Outcome.RETRY, "sdk_error", 500
+                    detail = f"parking the dropped job failed: {type(exc).__name__}: {exc}"
         finally:
             elapsed = time.perf_counter() - start
             metrics.child(JOB_TRIGGERS, job_type, outcome.value.lower()).inc()
@@ -901,6 +954,9 @@ class Subscriptions:
             otel_context.detach(otel_token)
             exit_context(token)
         return status
+
+
+_JOB_PARK_PREFIX = "job/"
 
 
 _NOT_METADATA = frozenset(
