@@ -80,7 +80,7 @@ REMINDER_SMTP_ATTEMPTS = MetricSpec(
 REMINDER_FAILURES = MetricSpec(
     "reminder_failures_total",
     "counter",
-    "Reminder failures, by reason (smtp_unavailable, smtp_rejected, backend_error, ...).",
+    "Reminder failures, by reason (smtp_unavailable, smtp_rejected, backend_unavailable, backend_rejected).",
     ("reason",),
 )
 REMINDER_DELIVERY_LATENCY = MetricSpec(

@@ -235,11 +235,14 @@ async def test_the_park_api_needs_a_token_when_one_is_set_and_in_prod(
         assert ok.status_code == 200
 
 
-async def test_the_park_api_is_closed_in_prod_without_a_token(make_observability: Any) -> None:
+@pytest.mark.parametrize("environment", ["prod", "production"])
+async def test_the_park_api_is_closed_in_prod_without_a_token(
+    make_observability: Any, environment: str
+) -> None:
     dapr = DaprClient("http://127.0.0.1:3500", transport=httpx.MockTransport(Published()))
     subs = Subscriptions(client=dapr, admin_token="")
     app = Starlette()
-    make_observability(app, service_name="recurring", environment="prod")
+    make_observability(app, service_name="recurring", environment=environment)
     subs.install(app)
     async with client(app) as http:
         response = await http.get("/dapr/dead-letters")

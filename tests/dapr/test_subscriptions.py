@@ -552,3 +552,21 @@ async def test_each_app_records_into_its_own_observability(make_observability: A
     labels = {"topic": "task-events", "outcome": "success"}
     assert metric_value(registries[0], "messaging_process_messages_total", **labels) == 1
     assert metric_value(registries[1], "messaging_process_messages_total", **labels) == 0
+
+
+async def test_an_object_with_an_async_call_is_awaited_on_the_loop(make_observability: Any) -> None:
+    import threading
+
+    class Handler:
+        def __init__(self) -> None:
+            self.threads: list[str] = []
+
+        async def __call__(self, message: Message) -> None:
+            self.threads.append(threading.current_thread().name)
+
+    handler = Handler()
+    subs = Subscriptions()
+    subs.subscribe("pubsub", "task-events")(handler)
+    app = app_with(subs, make_observability)
+    assert await deliver(app, cloudevent()) == {"status": "SUCCESS"}
+    assert handler.threads == [threading.main_thread().name]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from todo_observability.context import active_observability
+from todo_observability.config import PROD_ENVIRONMENTS
 from todo_observability.dapr.client import DaprError
 from todo_observability.dlq import NotReplayable, ParkedMessage
 
@@ -36,8 +36,8 @@ def _summary(message: ParkedMessage) -> dict[str, Any]:
 def _refusal(owner: Subscriptions, request: Request) -> Response | None:
     token = owner.admin_token
     if token is None:
-        obs = active_observability()
-        if obs is not None and obs.settings.environment == "prod":
+        obs = owner._obs()
+        if obs is not None and obs.settings.environment in PROD_ENVIRONMENTS:
             return JSONResponse(
                 {
                     "error": "the dead-letter API is closed in prod without a token; "

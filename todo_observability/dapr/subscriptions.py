@@ -193,7 +193,10 @@ class _Subscription:
 
 
 def _run_sync(handler: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    if inspect.iscoroutinefunction(handler):
+    """`handler` if it is async (also an object with an async `__call__`), else a thread runner."""
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004 - an object's async __call__, not callable()
+    ):
         return handler
 
     async def in_thread(argument: Any) -> None:
