@@ -1,0 +1,277 @@
+"""Reminders: from `reminder.scheduled` to a Dapr job, and from the job's trigger to an e-mail.
+
+Two steps, each safe to run again:
+
+1. `schedule` (subscription to `reminders`): one job per reminder, named
+   `reminder-<task id>-<remind_at as a Unix time>` and scheduled with `overwrite`, so a
+   redelivered or replayed event reschedules the same job rather than adding one.
+2. `deliver` (the job's trigger): send the e-mail, then tell backend it was sent. The e-mail
+   is sent at most once per job name in this process: a trigger retried because backend was
+   away, or replayed from the park, skips straight to telling backend.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from reference_app.common.auth import Tokens
+from reference_app.common.events import BACKEND, NOTIFICATIONS, ReminderScheduled
+from reference_app.common.metrics import (
+    REMINDER_DELIVERY_LATENCY,
+    REMINDER_EMAILS,
+    REMINDER_FAILURES,
+    REMINDERS_SCHEDULED,
+)
+from reference_app.notifications.mailer import DeliveryFailed, Mailer, compose
+from todo_observability import get_logger, get_user_id, set_user_id
+from todo_observability.dapr import DaprError, Drop, Retry
+
+if TYPE_CHECKING:
+    from reference_app.notifications.settings import Settings
+    from todo_observability import Observability
+    from todo_observability.dapr import DaprClient, Job, Message
+
+__all__ = [
+    "BACKEND_REJECTED",
+    "BACKEND_UNAVAILABLE",
+    "JOBS_UNAVAILABLE",
+    "JOB_TYPE",
+    "Reminders",
+    "SentJobs",
+    "job_name",
+]
+
+JOB_TYPE = "reminder"
+"""The job type of reminder jobs (their names start with `reminder-`)."""
+JOBS_UNAVAILABLE = "jobs_unavailable"
+"""Reason: the Jobs API refused or missed the reminder's job (the message is retried)."""
+BACKEND_UNAVAILABLE = "backend_unavailable"
+"""Reason: backend could not be told the reminder was sent (5xx, or not reachable)."""
+BACKEND_REJECTED = "backend_rejected"
+"""Reason: backend refused to mark the reminder sent (a 4xx other than 404)."""
+
+_log = get_logger(__name__)
+
+
+def _aware(moment: datetime) -> datetime:
+    """`moment` in UTC; a naive time is taken as UTC (the contract asks for aware ones)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def job_name(reminder: ReminderScheduled) -> str:
+    """`reminder-<task id>-<remind_at as whole seconds since the epoch>`."""
+    return f"{JOB_TYPE}-{reminder.task_id}-{int(_aware(reminder.remind_at).timestamp())}"
+
+
+def due_time(remind_at: datetime, now: datetime | None = None) -> str:
+    """`remind_at` as an RFC 3339 UTC time, or `0s` (trigger now) when it has passed."""
+    remind_at = _aware(remind_at)
+    if remind_at <= (now or datetime.now(timezone.utc)):
+        return "0s"
+    return remind_at.isoformat().replace("+00:00", "Z")
+
+
+class SentJobs:
+    """The job names whose e-mail was sent, the most recent `limit` of them (in memory).
+
+    A process restart forgets them: a reminder whose backend update was still pending is
+    then e-mailed again, under the same `Message-ID`.
+    """
+
+    def __init__(self, limit: int = 10_000):
+        self.limit = limit
+        self._names: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def add(self, name: str) -> None:
+        """Remember `name`, forgetting the oldest name beyond the limit."""
+        self._names[name] = None
+        self._names.move_to_end(name)
+        while len(self._names) > self.limit:
+            self._names.popitem(last=False)
+
+
+class Reminders:
+    """The service's two handlers and what they share.
+
+    Args:
+        settings: The service's settings.
+        dapr: The sidecar client (jobs, invocation of backend).
+        observability: Where the reminder metrics are recorded.
+        mailer: Sends the e-mails; by default one built from `settings`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        dapr: DaprClient,
+        observability: Observability,
+        mailer: Mailer | None = None,
+    ):
+        self.settings = settings
+        self.dapr = dapr
+        self.metrics = observability.metrics
+        self.mailer = mailer or Mailer(settings, observability)
+        self.tokens = Tokens(settings.jwt_secret)
+        self.sent = SentJobs()
+        for spec in (
+            REMINDERS_SCHEDULED,
+            REMINDER_EMAILS,
+            REMINDER_FAILURES,
+            REMINDER_DELIVERY_LATENCY,
+        ):
+            observability.metrics.register(spec)
+        # The expected series exist from the start, at 0: rate() and alerts see them at once.
+        for outcome in ("success", "error"):
+            self.metrics.child(REMINDERS_SCHEDULED, outcome)
+        for outcome in ("sent", "failed"):
+            self.metrics.child(REMINDER_EMAILS, outcome)
+
+    # -- reminders: schedule the job -------------------------------------------------------
+
+    async def schedule(self, message: Message) -> None:
+        """Handle `reminder.scheduled`: schedule the reminder's job, due at `remind_at`.
+
+        Raises:
+            pydantic.ValidationError: the payload is not a `ReminderScheduled` (DROP).
+            Retry: the Jobs API did not take the job (`jobs_unavailable`).
+        """
+        reminder = ReminderScheduled.model_validate(message.data)
+        if get_user_id() is None:
+            set_user_id(reminder.user_id)
+        name = job_name(reminder)
+        due = due_time(reminder.remind_at)
+        data: dict[str, Any] = {**reminder.model_dump(mode="json"), "event_id": message.id}
+        fields = {
+            "job": name,
+            "task_id": reminder.task_id,
+            "remind_at": _aware(reminder.remind_at).isoformat(),
+            "due_time": due,
+            "event_id": message.id,
+        }
+        try:
+            await self.dapr.schedule_job(name, data=data, due_time=due, overwrite=True)
+        except DaprError as exc:
+            self.metrics.child(REMINDERS_SCHEDULED, "error").inc()
+            _log.warning(
+                "reminder job not scheduled: the Jobs API refused it",
+                extra={**fields, "error": str(exc), "error_code": exc.error_code},
+            )
+            raise Retry(JOBS_UNAVAILABLE, str(exc)) from exc
+        self.metrics.child(REMINDERS_SCHEDULED, "success").inc()
+        _log.info("reminder scheduled", extra=fields)
+
+    # -- the job: send the e-mail, tell backend --------------------------------------------
+
+    async def deliver(self, job: Job) -> None:
+        """Handle a reminder job's trigger: e-mail the reminder once, then mark it sent on backend.
+
+        Raises:
+            pydantic.ValidationError: the job's data is not a reminder (dropped, parked).
+            Drop: SMTP refused the e-mail or stayed unavailable (`smtp_rejected`,
+                `smtp_unavailable`), or backend refused the update or stayed unavailable
+                until the last trigger (`backend_rejected`, `backend_unavailable`): the SDK
+                parks the job for a replay.
+            Retry: backend is unavailable (`backend_unavailable`): the scheduler triggers
+                the job again under its failure policy.
+        """
+        reminder = ReminderScheduled.model_validate(job.data)
+        if get_user_id() is None:
+            set_user_id(reminder.user_id)
+        fields = {"job": job.name, "task_id": reminder.task_id, "attempt": job.attempt}
+        if job.name in self.sent:
+            _log.info("reminder e-mail already sent; marking it sent on backend", extra=fields)
+        else:
+            await self._send(reminder, job, fields)
+        await self._mark_sent(reminder, job, fields)
+
+    async def _send(self, reminder: ReminderScheduled, job: Job, fields: dict[str, Any]) -> None:
+        message = compose(reminder, job.name, self.settings)
+        try:
+            smtp_attempts = await self.mailer.send(message)
+        except DeliveryFailed as failure:
+            self.metrics.child(REMINDER_EMAILS, "failed").inc()
+            self.metrics.child(REMINDER_FAILURES, failure.reason).inc()
+            _log.warning(
+                "reminder e-mail not sent; the reminder is parked for replay",
+                extra={
+                    **fields,
+                    "reason": failure.reason,
+                    "detail": failure.detail,
+                    "smtp_attempts": failure.attempts,
+                    "park_id": f"job/{job.name}",
+                },
+            )
+            raise Drop(failure.reason, failure.detail) from failure
+        self.sent.add(job.name)
+        latency = max(
+            0.0, datetime.now(timezone.utc).timestamp() - _aware(reminder.remind_at).timestamp()
+        )
+        self.metrics.child(REMINDER_EMAILS, "sent").inc()
+        self.metrics.histogram(REMINDER_DELIVERY_LATENCY).observe(latency)
+        _log.info(
+            "reminder e-mail sent",
+            extra={
+                **fields,
+                "message_id": message["Message-ID"],
+                "smtp_attempts": smtp_attempts,
+                "latency_seconds": round(latency, 3),
+            },
+        )
+
+    async def _mark_sent(
+        self, reminder: ReminderScheduled, job: Job, fields: dict[str, Any]
+    ) -> None:
+        method = f"tasks/{reminder.task_id}/reminder-sent"
+        try:
+            response = await self.dapr.invoke(
+                BACKEND,
+                method,
+                http_method="POST",
+                json={"job": job.name, "remind_at": _aware(reminder.remind_at).isoformat()},
+                headers=self.tokens.header(reminder.user_id, actor=NOTIFICATIONS),
+            )
+        except DaprError as exc:
+            problem = str(exc)
+        else:
+            status = response.status_code
+            if response.is_success:
+                _log.info("reminder marked sent on backend", extra=fields)
+                return
+            if status == 404:
+                # The task was deleted after the reminder was scheduled: nothing left to mark.
+                _log.warning(
+                    "reminder sent, but backend no longer has the task; nothing marked",
+                    extra={**fields, "status_code": status},
+                )
+                return
+            problem = f"backend answered {status} to POST /{method}: {response.text[:200]}"
+            if status < 500 and status not in (408, 429):
+                # Authentication or contract trouble: another trigger would get the same answer.
+                self._fail(BACKEND_REJECTED, problem, fields)
+                raise Drop(BACKEND_REJECTED, problem)
+        if job.attempt >= self.settings.job_trigger_attempts:
+            # The scheduler's failure policy has no trigger left: park rather than lose it.
+            self._fail(BACKEND_UNAVAILABLE, problem, fields)
+            raise Drop(BACKEND_UNAVAILABLE, problem)
+        _log.warning(
+            "backend unavailable; the reminder's job will be triggered again",
+            extra={**fields, "reason": BACKEND_UNAVAILABLE, "detail": problem},
+        )
+        raise Retry(BACKEND_UNAVAILABLE, problem)
+
+    def _fail(self, reason: str, detail: str, fields: dict[str, Any]) -> None:
+        self.metrics.child(REMINDER_FAILURES, reason).inc()
+        _log.warning(
+            "reminder not marked sent on backend; the reminder is parked for replay",
+            extra={**fields, "reason": reason, "detail": detail, "park_id": f"job/{fields['job']}"},
+        )

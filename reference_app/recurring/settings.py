@@ -1,0 +1,237 @@
+"""The recurring-task-service's settings: every environment variable it reads, validated once.
+
+`Settings.from_env()` reads the process environment; a bad value raises a
+`ConfigurationError` naming the variable, showing the value and saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from todo_observability import ConfigurationError
+from todo_observability.dapr import sidecar_endpoint
+
+__all__ = ["DEFAULT_PORT", "DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
+
+DEV_JWT_SECRET = "todo-reference-development-secret-change-me"  # noqa: S105 - public on purpose; refused in prod
+"""The JWT secret every service uses outside prod when `JWT_SECRET` is not set."""
+DEFAULT_PORT = 8002
+PROD_ENVIRONMENTS = frozenset({"prod", "production"})
+"""Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads them)."""
+IDEMPOTENCY_STORES = ("memory", "dapr")
+MIN_SECRET_BYTES = (
+    32  # HS256 wants a key at least as long as its output (reference_app.common.auth)
+)
+
+IdempotencyStoreName = Literal["memory", "dapr"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How one recurring-task-service process runs.
+
+    Every attribute comes from one environment variable (see `from_env`); secrets
+    are left out of `repr()`.
+
+    Attributes:
+        jwt_secret: `JWT_SECRET`, the HS256 secret shared with backend: tokens signed with
+            it let recurring act for a task's owner. Outside prod it defaults to
+            `DEV_JWT_SECRET`; in prod it is required.
+        environment: `TODO_OBS_ENVIRONMENT` (`dev` by default; `prod`/`production` is production).
+        host: `HOST`, the interface uvicorn binds to.
+        port: `PORT`, the port uvicorn listens on.
+        dapr_endpoint: The sidecar's HTTP API: `DAPR_HTTP_ENDPOINT`, else
+            `http://127.0.0.1:$DAPR_HTTP_PORT` (3500 by default).
+        dapr_api_token: `DAPR_API_TOKEN`, sent to the sidecar as `dapr-api-token` ("" for none).
+        app_api_token: `APP_API_TOKEN`, required from the sidecar on delivery routes ("" for none).
+        admin_token: `TODO_OBS_ADMIN_TOKEN`, the bearer token of the dead-letter API
+            (`/dapr/dead-letters`); without it that API is closed in prod.
+        dlq_database_url: `DLQ_DATABASE_URL`, an SQLAlchemy async URL
+            (`sqlite+aiosqlite:///./data/recurring.db`) for parked dead letters; None keeps
+            them in memory.
+        idempotency_store: `IDEMPOTENCY_STORE`: `memory` (processed message ids kept by this
+            process) or `dapr` (the Dapr state store `statestore`, shared by every replica).
+    """
+
+    jwt_secret: str = field(default=DEV_JWT_SECRET, repr=False)
+    environment: str = "dev"
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    dapr_endpoint: str = "http://127.0.0.1:3500"
+    dapr_api_token: str = field(default="", repr=False)
+    app_api_token: str = field(default="", repr=False)
+    admin_token: str = field(default="", repr=False)
+    dlq_database_url: str | None = field(default=None, repr=False)
+    idempotency_store: IdempotencyStoreName = "memory"
+
+    def __post_init__(self) -> None:
+        if not self.environment.strip():
+            raise ConfigurationError(
+                "TODO_OBS_ENVIRONMENT must not be empty; set it to dev, test or prod, or unset it "
+                "(dev).",
+                field="environment",
+                env_var="TODO_OBS_ENVIRONMENT",
+                value=self.environment,
+            )
+        _check_secret(self.jwt_secret, self.is_production)
+        if not self.host.strip():
+            raise ConfigurationError(
+                "HOST must not be empty; set it to the interface to listen on, such as "
+                "127.0.0.1 or 0.0.0.0, or unset it (127.0.0.1).",
+                field="host",
+                env_var="HOST",
+                value=self.host,
+            )
+        if not 0 < self.port < 65536:
+            raise ConfigurationError(
+                f"PORT must be a port number between 1 and 65535, got {self.port!r}; "
+                f"set it like PORT={DEFAULT_PORT}, or unset it.",
+                field="port",
+                env_var="PORT",
+                value=self.port,
+            )
+        if self.idempotency_store not in IDEMPOTENCY_STORES:
+            raise ConfigurationError(
+                f"IDEMPOTENCY_STORE must be 'memory' or 'dapr', got {self.idempotency_store!r}; "
+                "use 'dapr' when several replicas run, or unset it (memory).",
+                field="idempotency_store",
+                env_var="IDEMPOTENCY_STORE",
+                value=self.idempotency_store,
+            )
+        if self.dlq_database_url is not None:
+            _check_database_url(self.dlq_database_url)
+
+    @property
+    def is_production(self) -> bool:
+        """Whether `environment` names production."""
+        return self.environment.strip().lower() in PROD_ENVIRONMENTS
+
+    @property
+    def uses_dev_jwt_secret(self) -> bool:
+        """Whether tokens are signed with the public development secret."""
+        return self.jwt_secret == DEV_JWT_SECRET
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        """Read and validate the settings from `env` (the process environment by default).
+
+        Raises:
+            ConfigurationError: a variable has a bad value (or `JWT_SECRET` is missing in
+                prod); the message names it, shows the value and says how to fix it.
+        """
+
+        def read(name: str) -> str | None:
+            value = env.get(name)
+            return None if value is None or not value.strip() else value.strip()
+
+        environment = read("TODO_OBS_ENVIRONMENT") or "dev"
+        secret = env.get("JWT_SECRET")
+        if secret is None or not secret.strip():
+            if environment.lower() in PROD_ENVIRONMENTS:
+                raise ConfigurationError(
+                    f"JWT_SECRET is required when TODO_OBS_ENVIRONMENT={environment!r}: set it to "
+                    "the secret backend verifies tokens with (the same value for every service); "
+                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+                    field="jwt_secret",
+                    env_var="JWT_SECRET",
+                )
+            secret = DEV_JWT_SECRET
+        port_text = read("PORT")
+        port: int = DEFAULT_PORT
+        if port_text is not None:
+            if not port_text.isdigit():
+                raise ConfigurationError(
+                    f"PORT must be a port number between 1 and 65535, got {port_text!r}; "
+                    f"set it like PORT={DEFAULT_PORT}, or unset it.",
+                    field="port",
+                    env_var="PORT",
+                    value=port_text,
+                )
+            port = int(port_text)
+        store = (read("IDEMPOTENCY_STORE") or "memory").lower()
+        if store not in IDEMPOTENCY_STORES:
+            raise ConfigurationError(
+                f"IDEMPOTENCY_STORE must be 'memory' or 'dapr', got {env.get('IDEMPOTENCY_STORE')!r}; "
+                "use 'dapr' when several replicas run, or unset it (memory).",
+                field="idempotency_store",
+                env_var="IDEMPOTENCY_STORE",
+                value=env.get("IDEMPOTENCY_STORE"),
+            )
+        return cls(
+            jwt_secret=secret,
+            environment=environment,
+            host=read("HOST") or "127.0.0.1",
+            port=port,
+            dapr_endpoint=sidecar_endpoint(env),
+            dapr_api_token=env.get("DAPR_API_TOKEN", ""),
+            app_api_token=env.get("APP_API_TOKEN", ""),
+            admin_token=env.get("TODO_OBS_ADMIN_TOKEN", ""),
+            dlq_database_url=read("DLQ_DATABASE_URL"),
+            idempotency_store="dapr" if store == "dapr" else "memory",
+        )
+
+
+def _check_secret(secret: str, production: bool) -> None:
+    """Refuse a JWT secret that is too short, or the development secret in production."""
+    if production and secret == DEV_JWT_SECRET:
+        raise ConfigurationError(
+            "JWT_SECRET is the public development secret, which is refused in prod: set it to a "
+            "secret of your own (the same value for every service); generate one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            field="jwt_secret",
+            env_var="JWT_SECRET",
+        )
+    length = len(secret.encode())
+    if length < MIN_SECRET_BYTES:
+        # The value is a secret: say how long it is, never what it is.
+        raise ConfigurationError(
+            f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes for HS256, got {length}; "
+            "set it to the secret backend verifies tokens with; generate one with: "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+            field="jwt_secret",
+            env_var="JWT_SECRET",
+        )
+
+
+def _check_database_url(url: str) -> None:
+    """Refuse a `DLQ_DATABASE_URL` SQLAlchemy's asyncio engine cannot use (shown without password)."""
+    from sqlalchemy import exc as sa_exc
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    example = "sqlite+aiosqlite:///./data/recurring.db or postgresql+psycopg://user:pass@host/db"
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        raise ConfigurationError(
+            f"DLQ_DATABASE_URL is not an SQLAlchemy URL: {_without_password(url)!r}; "
+            f"set it like {example}, or unset it to keep dead letters in memory.",
+            field="dlq_database_url",
+            env_var="DLQ_DATABASE_URL",
+        ) from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        # Building an engine opens no connection; it loads the dialect and its driver.
+        engine = create_async_engine(parsed)
+    except (sa_exc.SQLAlchemyError, ImportError) as exc:
+        raise ConfigurationError(
+            f"DLQ_DATABASE_URL {shown!r} cannot be used with SQLAlchemy's asyncio engine "
+            f"({type(exc).__name__}: {exc}); name an async driver installed here, like "
+            f"{example}, or unset it to keep dead letters in memory.",
+            field="dlq_database_url",
+            env_var="DLQ_DATABASE_URL",
+        ) from None
+    engine.sync_engine.dispose()
+
+
+def _without_password(url: str) -> str:
+    """`url` with anything between `:` and `@` of its authority masked (it may not parse)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,200 @@
+"""Settings: defaults, validation with messages that name the variable, the value and the fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from reference_app.common.events import ReminderScheduled
+from reference_app.notifications import Settings, create_app
+from reference_app.notifications.reminders import due_time, job_name
+from reference_app.notifications.settings import DEV_JWT_SECRET
+from todo_observability import ConfigurationError
+from todo_observability.testing import LogCapture
+
+ROOT = Path(__file__).resolve().parents[3]
+SECRET = "s" * 40
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert (settings.host, settings.port) == ("127.0.0.1", 8003)
+    assert (settings.smtp_host, settings.smtp_port) == ("127.0.0.1", 1025)
+    assert settings.smtp_from == "reminders@todo.local"
+    assert (settings.smtp_username, settings.smtp_password) == (None, None)
+    assert settings.smtp_starttls is False
+    assert settings.smtp_timeout == 10.0
+    assert (settings.smtp_attempts, settings.smtp_backoff_seconds) == (3, 0.5)
+    assert settings.job_trigger_attempts == 4
+    assert settings.dapr_endpoint == "http://127.0.0.1:3500"
+    assert settings.jwt_secret == DEV_JWT_SECRET
+    assert settings.uses_dev_secret
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "TODO_OBS_ENVIRONMENT": "prod",
+            "JWT_SECRET": SECRET,
+            "HOST": "0.0.0.0",
+            "PORT": "9003",
+            "SMTP_HOST": "mail.internal",
+            "SMTP_PORT": "587",
+            "SMTP_FROM": "todo@example.test",
+            "SMTP_USERNAME": "mailer",
+            "SMTP_PASSWORD": "hunter2-hunter2",
+            "SMTP_STARTTLS": "true",
+            "SMTP_TIMEOUT": "2.5",
+            "SMTP_ATTEMPTS": "5",
+            "SMTP_BACKOFF_SECONDS": "1",
+            "REMINDER_JOB_ATTEMPTS": "6",
+            "DAPR_HTTP_PORT": "3503",
+            "DAPR_API_TOKEN": "dapr-token",
+            "APP_API_TOKEN": "app-token",
+            "TODO_OBS_ADMIN_TOKEN": "admin-token",
+        }
+    )
+    assert settings == Settings(
+        environment="prod",
+        jwt_secret=SECRET,
+        host="0.0.0.0",
+        port=9003,
+        smtp_host="mail.internal",
+        smtp_port=587,
+        smtp_from="todo@example.test",
+        smtp_username="mailer",
+        smtp_password="hunter2-hunter2",
+        smtp_starttls=True,
+        smtp_timeout=2.5,
+        smtp_attempts=5,
+        smtp_backoff_seconds=1.0,
+        job_trigger_attempts=6,
+        dapr_endpoint="http://127.0.0.1:3503",
+        dapr_api_token="dapr-token",
+        app_api_token="app-token",
+        admin_token="admin-token",
+    )
+    assert settings.mail_domain == "example.test"
+    text = repr(settings)
+    for secret in (SECRET, "hunter2-hunter2", "dapr-token", "app-token", "admin-token"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "shown"),
+    [
+        ({"PORT": "http"}, "PORT", "'http'"),
+        ({"PORT": "0"}, "PORT", "0"),
+        ({"SMTP_PORT": "70000"}, "SMTP_PORT", "70000"),
+        ({"SMTP_STARTTLS": "maybe"}, "SMTP_STARTTLS", "'maybe'"),
+        ({"SMTP_TIMEOUT": "soon"}, "SMTP_TIMEOUT", "'soon'"),
+        ({"SMTP_TIMEOUT": "-1"}, "SMTP_TIMEOUT", "-1.0"),
+        ({"SMTP_ATTEMPTS": "0"}, "SMTP_ATTEMPTS", "0"),
+        ({"SMTP_ATTEMPTS": "2.5"}, "SMTP_ATTEMPTS", "'2.5'"),
+        ({"SMTP_BACKOFF_SECONDS": "nan"}, "SMTP_BACKOFF_SECONDS", "nan"),
+        ({"SMTP_FROM": "reminders"}, "SMTP_FROM", "'reminders'"),
+        ({"REMINDER_JOB_ATTEMPTS": "0"}, "REMINDER_JOB_ATTEMPTS", "0"),
+        ({"DAPR_HTTP_PORT": "sidecar"}, "DAPR_HTTP_PORT", "'sidecar'"),
+    ],
+)
+def test_a_bad_value_is_named_with_its_value(
+    env: dict[str, str], variable: str, shown: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env(env)
+    message = str(raised.value)
+    assert message.startswith(f"{variable}=") or message.startswith(f"{variable} ")
+    assert shown in message
+    assert raised.value.env_var == variable
+
+
+def test_smtp_credentials_come_in_pairs() -> None:
+    with pytest.raises(ConfigurationError, match="SMTP_USERNAME is set but SMTP_PASSWORD is not"):
+        Settings.from_env({"SMTP_USERNAME": "mailer"})
+    with pytest.raises(ConfigurationError, match="SMTP_PASSWORD is set but SMTP_USERNAME is not"):
+        Settings.from_env({"SMTP_PASSWORD": "secret"})
+
+
+@pytest.mark.parametrize("environment", ["prod", "production", "PROD"])
+def test_prod_requires_a_jwt_secret(environment: str) -> None:
+    with pytest.raises(ConfigurationError, match="JWT_SECRET is required") as raised:
+        Settings.from_env({"TODO_OBS_ENVIRONMENT": environment})
+    assert raised.value.env_var == "JWT_SECRET"
+    with pytest.raises(ConfigurationError, match="the development secret is public"):
+        Settings.from_env({"TODO_OBS_ENVIRONMENT": environment, "JWT_SECRET": DEV_JWT_SECRET})
+    assert Settings.from_env({"TODO_OBS_ENVIRONMENT": environment, "JWT_SECRET": SECRET}).is_prod
+
+
+def test_a_short_jwt_secret_is_refused() -> None:
+    with pytest.raises(
+        ConfigurationError, match="JWT_SECRET must be at least 32 bytes for HS256, got 5 bytes"
+    ):
+        Settings.from_env({"JWT_SECRET": "short"})
+
+
+def test_the_development_secret_is_logged_as_a_warning(captured_logs: LogCapture) -> None:
+    def build(settings: Settings) -> None:
+        app = create_app(
+            settings,
+            registry=CollectorRegistry(),
+            traces_exporter="none",
+            load_plugins=False,
+            log_stream=captured_logs,
+        )
+        app.state.observability.shutdown()
+
+    build(Settings())
+    [warning] = captured_logs.find(
+        message="JWT_SECRET is not set: using the public development secret"
+    )
+    assert warning["level"] == "WARNING"
+    assert warning["service_name"] == "notification-service"
+
+    captured_logs.lines.clear()
+    build(Settings(jwt_secret=SECRET))
+    assert not captured_logs.find(
+        message="JWT_SECRET is not set: using the public development secret"
+    )
+
+
+def test_the_module_exits_with_the_message_on_a_bad_setting() -> None:
+    env = {**os.environ, "PORT": "eighty"}
+    result = subprocess.run(
+        [sys.executable, "-m", "reference_app.notifications"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "notification-service: PORT must be a port number (1-65535), got 'eighty'" in (
+        result.stderr
+    )
+
+
+def _reminder(remind_at: datetime) -> ReminderScheduled:
+    return ReminderScheduled(
+        task_id=5, user_id="u", email="u@example.test", title="t", remind_at=remind_at
+    )
+
+
+def test_job_names_and_due_times() -> None:
+    now = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+    later = now + timedelta(minutes=30, seconds=0.25)
+    assert job_name(_reminder(later)) == f"reminder-5-{int(later.timestamp())}"
+    # A naive time is taken as UTC, so it names the same job.
+    assert job_name(_reminder(later.replace(tzinfo=None))) == job_name(_reminder(later))
+    assert due_time(later, now) == "2026-11-26T09:30:00.250000Z"
+    paris = timezone(timedelta(hours=1))
+    assert due_time(later.astimezone(paris), now) == "2026-11-26T09:30:00.250000Z"
+    assert due_time(now, now) == "0s"
+    assert due_time(now - timedelta(days=1), now) == "0s"
