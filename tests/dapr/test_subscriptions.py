@@ -570,3 +570,25 @@ async def test_an_object_with_an_async_call_is_awaited_on_the_loop(make_observab
     app = app_with(subs, make_observability)
     assert await deliver(app, cloudevent()) == {"status": "SUCCESS"}
     assert handler.threads == [threading.main_thread().name]
+
+
+async def test_sdk_routes_are_labelled_by_template_in_fastapi_apps(
+    make_observability: Any, metrics_registry: Any
+) -> None:
+    from fastapi import FastAPI
+
+    subs = Subscriptions()
+
+    @subs.subscribe("pubsub", "task-events")
+    async def handle(message: Message) -> None:
+        pass
+
+    app = FastAPI()
+    make_observability(app, service_name="worker")
+    subs.install(app)
+    async with client(app) as http:
+        assert (await http.get("/dapr/subscribe")).status_code == 200
+        assert (await http.get("/dapr/dead-letters/pubsub/t/1")).status_code == 404
+    for route, status in (("/dapr/subscribe", "200"), ("/dapr/dead-letters/{park_id}", "404")):
+        labels = {"method": "GET", "route": route, "status_code": status}
+        assert metric_value(metrics_registry, "http_server_requests_total", **labels) == 1

@@ -453,7 +453,7 @@ class Subscriptions:
         of this app subscribes to, unless `dead_letters_elsewhere=True` says
         another service does.
         """
-        from starlette.routing import Route
+        from todo_observability.dapr._admin import Route
 
         routes: list[Any] = [
             Route("/dapr/subscribe", _SubscribeEndpoint(self), methods=["GET"]),
