@@ -84,13 +84,18 @@ def render_trace_tree(spans: Sequence[dict[str, Any]], trace_id: str) -> list[st
         children[parent if parent in ids else None].append(span)
     lines = [f"trace {trace_id}: {len(mine)} spans"]
 
+    def service_of(span: dict[str, Any]) -> str:
+        return str((span.get("localEndpoint") or {}).get("serviceName", "?"))
+
+    width = max([12, *(len(service_of(span)) for span in mine)])
+
     def walk(parent: str | None, depth: int) -> None:
         for span in sorted(children[parent], key=lambda s: s.get("timestamp", 0)):
-            service = (span.get("localEndpoint") or {}).get("serviceName", "?")
             kind = span.get("kind") or "INTERNAL"
             duration = span.get("duration", 0) / 1000
             lines.append(
-                f"{'  ' * depth}{service:<12} {kind:<8} {span.get('name', ''):<44} {duration:9.2f} ms"
+                f"{'  ' * depth}{service_of(span):<{width}} {kind:<8} "
+                f"{span.get('name', ''):<44} {duration:9.2f} ms"
             )
             walk(span["id"], depth + 1)
 

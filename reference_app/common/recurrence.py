@@ -17,6 +17,20 @@ _PARTS = {
     "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYMONTH", "BYSETPOS", "WKST",
 }  # fmt: skip
 _FREQS = {"YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY", "SECONDLY"}
+_RANGES = {
+    "INTERVAL": (1, 10_000),  # 0 would make dateutil search for ever
+    "COUNT": (1, 1_000_000),
+    "BYSECOND": (0, 59),
+    "BYMINUTE": (0, 59),
+    "BYHOUR": (0, 23),
+    "BYMONTH": (1, 12),
+    "BYMONTHDAY": (1, 31),
+    "BYYEARDAY": (1, 366),
+    "BYWEEKNO": (1, 53),
+    "BYSETPOS": (1, 366),
+}
+"""Numeric parts and their ranges (RFC 5545 §3.3.10); the signed ones may also count from the end."""
+_SIGNED = {"BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYSETPOS"}
 
 
 class InvalidRule(ValueError):
@@ -75,6 +89,13 @@ def parse_rule(rule: str, start: datetime) -> rrule:
         raise InvalidRule(rule, "FREQ", "missing; every rule needs FREQ=DAILY, WEEKLY, ...")
     if parts["FREQ"] not in _FREQS:
         raise InvalidRule(rule, "FREQ", f"{parts['FREQ']!r} is not one of {sorted(_FREQS)}")
+    for name, (low, high) in _RANGES.items():
+        for item in parts.get(name, "").split(",") if name in parts else ():
+            number = item.lstrip("+-") if name in _SIGNED else item
+            if not number.isdigit() or not low <= int(number) <= high:
+                raise InvalidRule(
+                    rule, name, f"{item!r} is not a whole number from {low} to {high}"
+                )
     if "COUNT" in parts and "UNTIL" in parts:
         raise InvalidRule(rule, "COUNT", "COUNT and UNTIL cannot both be given")
     if "UNTIL" in parts and not parts["UNTIL"].endswith("Z"):

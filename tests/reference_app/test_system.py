@@ -1,0 +1,104 @@
+"""The README's first command, end to end: the whole reference system in real processes.
+
+`python -m reference_app` starts the sidecar emulator, the four services, the SMTP sink, runs the
+scenario and prints what an operator would look at. This test runs it and checks what it printed
+against the files it left: the e-mail in the mail folder, the spans in the span file, the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from todo_observability.cli import load_spans
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run_system(data: Path) -> str:
+    """Run the command on a free block of ports; its output."""
+    for _ in range(5):
+        base = random.randrange(20_000, 40_000, 10)
+        result = subprocess.run(
+            [sys.executable, "-m", "reference_app", "--data", str(data), "--base-port", str(base)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if "ports already in use" not in result.stderr + result.stdout:
+            assert result.returncode == 0, result.stdout + result.stderr
+            return result.stdout
+    raise AssertionError("no free block of ports found")
+
+
+def test_the_scenario_runs_to_the_end_and_shows_its_observability(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    out = run_system(data)
+
+    # The scenario: created, completed, next occurrence, e-mail.
+    assert "✓ signed in as alice" in out
+    created = re.search(r"✓ created task (\d+) 'Daily standup at 9am'", out)
+    assert created, out
+    assert "✓ the next occurrence appears" in out
+    assert "✓ the reminder e-mail arrives" in out
+    [mail] = list((data / "mail").glob("*.eml"))
+    message = mail.read_text()
+    assert "Subject: Reminder: Daily standup at 9am" in message
+    assert "To: alice@todo.local" in message
+
+    # One trace from the click through backend, the sidecars and recurring, back to backend.
+    trace_id = re.search(r"The completion's trace \(([0-9a-f]{32})\)", out)
+    assert trace_id, out
+    spans = [s for s in load_spans(data / "spans.jsonl") if s["traceId"] == trace_id[1]]
+    hops = {
+        (s["localEndpoint"]["serviceName"], s.get("kind") or "INTERNAL", s["name"]) for s in spans
+    }
+    for hop in [
+        ("frontend", "SERVER", "POST /api/tasks/{task_id}/complete"),
+        ("backend", "SERVER", "POST /tasks/{task_id}/complete"),
+        ("backend", "PRODUCER", "task-events publish"),
+        ("recurring-task-service", "CLIENT", "pubsub/task-events"),
+        ("recurring-task-service", "CONSUMER", "task-events process"),
+        ("recurring-task-service", "INTERNAL", "rrule.calculate_next_occurrence"),
+        ("backend", "SERVER", "POST /tasks"),
+    ]:
+        assert hop in hops, (hop, sorted(hops))
+    ids = {s["id"] for s in spans}
+    assert [s for s in spans if "parentId" not in s] == [
+        s for s in spans if s["name"] == "POST /api/tasks/{task_id}/complete"
+    ]
+    assert all(s["parentId"] in ids for s in spans if "parentId" in s)
+
+    # The request ids of the scenario are in every service they touched.
+    complete_line = next(
+        line for line in out.splitlines() if "complete (→ next occurrence)" in line
+    )
+    for service in ("frontend", "backend", "recurring-task-service"):
+        assert service in complete_line, complete_line
+    create_line = next(line for line in out.splitlines() if "create (→ reminder)" in line)
+    for service in ("frontend", "backend", "notification-service"):
+        assert service in create_line, create_line
+    request_id = complete_line.split()[4].rstrip(":")
+    for service in ("frontend", "backend", "recurring-task-service"):
+        lines = [
+            json.loads(line)
+            for line in (data / "logs" / f"{service}.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        assert any(line["request_id"] == request_id for line in lines), service
+
+    # Readiness and the RED numbers.
+    for service in ("frontend", "backend", "recurring-task-service", "notification-service"):
+        assert re.search(rf"^  {re.escape(service)} +200 UP", out, re.M), out
+    assert "recurring_next_occurrences_total{outcome=created} 1" in out
+    assert "reminder_emails_total{outcome=sent} 1" in out
+    assert out.rstrip().endswith("Stopped: every process exited, spans flushed.")

@@ -1,0 +1,234 @@
+"""Faults in the running reference system (real processes, the runner's own start-up).
+
+- SMTP down: the reminder's attempts are retried, then parked; SMTP back; replay; exactly one e-mail.
+- A poison `task.completed` (an invalid RRULE written by an older client): dropped with its reason,
+  parked, and no crash loop.
+- backend's database down: readiness 503 and a clear 503 for requests; nothing half-written.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reference_app import run, smtp_sink
+from reference_app.common import events
+from reference_app.common.auth import Tokens
+from tests.health.conftest import MISSING_POSTGRESQL, PostgresCluster, _postgresql_bin_dir
+from todo_observability.cli import main as todo_obs
+
+pytestmark = pytest.mark.slow
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.2)
+
+
+class Running:
+    def __init__(self, layout: run.Layout, system: run.System):
+        self.layout = layout
+        self.system = system
+        self.tokens = Tokens(layout.jwt_secret)
+
+    def url(self, app_id: str) -> str:
+        return self.layout.services[app_id].url
+
+    def backend(self, user: str = "alice") -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url(events.BACKEND),
+            headers={
+                "authorization": f"Bearer {self.tokens.issue(user, email=f'{user}@todo.local')}"
+            },
+            timeout=20.0,
+        )
+
+    def lines(self, app_id: str) -> list[dict[str, Any]]:
+        return list(run.log_lines(self.layout, app_id))
+
+    def restart_smtp_sink(self) -> None:
+        self.system.start(
+            "smtp-sink",
+            [
+                sys.executable, "-m", "reference_app.smtp_sink",
+                "--port", str(self.layout.smtp_port), "--dir", str(self.layout.mail),
+            ],
+            run.base_env(self.layout),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[PostgresCluster]:
+    """backend's database: a real PostgreSQL, so that it can really go down."""
+    bin_dir = _postgresql_bin_dir()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail(MISSING_POSTGRESQL, pytrace=False)
+        pytest.skip(MISSING_POSTGRESQL)
+    cluster = PostgresCluster(bin_dir)
+    try:
+        cluster.init()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def running(
+    tmp_path_factory: pytest.TempPathFactory, database: PostgresCluster
+) -> Iterator[Running]:
+    data = tmp_path_factory.mktemp("system") / "data"
+    out = io.StringIO()
+    for _ in range(5):
+        layout = run.Layout.at(data, random.randrange(20_000, 40_000, 10), None)
+        if not any(run._port_taken(port) for port in layout.ports()):
+            break
+    layout.database_url = database.url
+    system = run.start_system(layout, out)
+    try:
+        for service in layout.services.values():
+            ready = functools.partial(run.ready, service.url)
+            run.wait_until(f"{service.app_id} ready", ready, system, 90, out)
+        yield Running(layout, system)
+    finally:
+        system.stop()
+
+
+def test_smtp_down_parks_the_reminder_and_a_replay_delivers_it_exactly_once(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = running.system.processes["smtp-sink"]
+    sink.terminate()
+    sink.wait(timeout=10)
+    due_at = datetime.now(timezone.utc) + timedelta(minutes=10)
+    with running.backend() as backend:
+        created = backend.post(
+            "/tasks",
+            json={
+                "title": "Pay the rent",
+                "due_at": due_at.isoformat(),
+                "remind_at": (due_at - timedelta(minutes=10, seconds=-1)).isoformat(),
+            },
+        )
+        assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    notifications = running.url(events.NOTIFICATIONS)
+
+    def parked() -> list[dict[str, Any]]:
+        listing = httpx.get(f"{notifications}/dapr/dead-letters", timeout=5).json()
+        return [m for m in listing["parked"] if m["origin_topic"] == "job/reminder"]
+
+    [message] = eventually(parked, 60, "the reminder to be parked")
+    assert message["reason"] == "smtp_unavailable"
+    attempts = [
+        line["context"]["attempt"]
+        for line in running.lines(events.NOTIFICATIONS)
+        if line["message"] == "SMTP attempt failed"
+    ]
+    assert attempts[:3] == [1, 2, 3], attempts
+    # Readiness follows (its results are cached for a few seconds).
+    eventually(
+        lambda: httpx.get(f"{notifications}/health/ready", timeout=5).status_code == 503,
+        30,
+        "notifications' readiness to fail",
+    )
+
+    running.restart_smtp_sink()
+    eventually(lambda: run.ready(notifications), 30, "notifications ready again")
+    assert todo_obs(["dlq", "--service", notifications, "replay", message["park_id"]]) == 0
+    assert "replayed" in capsys.readouterr().out
+
+    def mails() -> list[Path]:
+        return [
+            p for p in smtp_sink.messages(running.layout.mail) if "Pay the rent" in p.read_text()
+        ]
+
+    eventually(mails, 30, "the e-mail")
+    time.sleep(2)  # nothing more may arrive
+    assert len(mails()) == 1
+    with running.backend() as backend:
+        assert eventually(
+            lambda: backend.get(f"/tasks/{task_id}").json().get("reminder_sent_at"), 30
+        )
+    assert parked() == []
+
+
+def test_a_poison_event_is_dropped_with_its_reason_and_parked_without_a_crash_loop(
+    running: Running,
+) -> None:
+    backend_sidecar = f"http://127.0.0.1:{running.layout.services[events.BACKEND].dapr_port}"
+    poison = {
+        "task_id": 999,
+        "user_id": "alice",
+        "title": "Written by an older client",
+        "recurrence": "FREQ=SOMETIMES",
+        "completed_at": datetime.now(timezone.utc).isoformat(),
+    }
+    response = httpx.post(
+        f"{backend_sidecar}/v1.0/publish/pubsub/task-events",
+        params={"metadata.cloudevent.type": "task.completed"},
+        json=poison,
+        timeout=10,
+    )
+    assert response.status_code == 204, response.text
+    recurring = running.url(events.RECURRING)
+
+    def parked() -> list[dict[str, Any]]:
+        listing = httpx.get(f"{recurring}/dapr/dead-letters", timeout=5).json()
+        return [m for m in listing["parked"] if m["reason"] == "invalid_rule"]
+
+    [message] = eventually(parked, 30, "the poison event to be parked")
+    assert message["origin_topic"] == "task-events"
+    assert "FREQ" in message["detail"]
+    time.sleep(2)
+    dropped = [
+        line
+        for line in running.lines(events.RECURRING)
+        if line["message"].startswith("message dropped")
+        and line["context"].get("message_id") == message["event_id"]
+    ]
+    assert len(dropped) == 1  # one delivery, no retry loop
+    assert running.system.processes[events.RECURRING].poll() is None
+    assert run.ready(recurring)
+
+
+def test_backend_database_down_gives_503_and_writes_nothing(
+    running: Running, database: PostgresCluster
+) -> None:
+    backend_url = running.url(events.BACKEND)
+    with running.backend() as backend:
+        before = backend.get("/tasks", params={"limit": 200}).json()
+        database.stop()
+        try:
+            created = backend.post("/tasks", json={"title": "Lost?"})
+            assert created.status_code == 503, created.text
+            assert "database is unavailable" in created.json()["detail"]
+
+            def not_ready() -> bool:
+                return httpx.get(f"{backend_url}/health/ready", timeout=10).status_code == 503
+
+            eventually(not_ready, 30, "backend's readiness to fail")
+        finally:
+            database.start()
+        eventually(lambda: run.ready(backend_url), 30, "backend ready again")
+        after = backend.get("/tasks", params={"limit": 200}).json()
+    assert "Lost?" not in [task["title"] for task in after]
+    assert len(after) == len(before)
