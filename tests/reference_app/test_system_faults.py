@@ -26,6 +26,7 @@ from reference_app import run, smtp_sink
 from reference_app.common import events
 from reference_app.common.auth import Tokens
 from tests.health.conftest import MISSING_POSTGRESQL, PostgresCluster, _postgresql_bin_dir
+from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
 
 pytestmark = pytest.mark.slow
@@ -232,3 +233,146 @@ def test_backend_database_down_gives_503_and_writes_nothing(
         after = backend.get("/tasks", params={"limit": 200}).json()
     assert "Lost?" not in [task["title"] for task in after]
     assert len(after) == len(before)
+
+
+SCENARIO_MOVES: dict[str, tuple[str, ...]] = {
+    events.FRONTEND: (
+        "http_server_requests_total",
+        "http_server_request_duration_seconds_count",
+        "http_client_requests_total",
+        "http_client_request_duration_seconds_count",
+        "health_check_status",
+    ),
+    events.BACKEND: (
+        "http_server_requests_total",
+        "http_server_request_duration_seconds_count",
+        "messaging_publish_messages_total",
+        "messaging_publish_duration_seconds_count",
+        "tasks_created_total",
+        "tasks_completed_total",
+        "health_check_status",
+        "health_check_duration_seconds_count",
+    ),
+    events.RECURRING: (
+        "messaging_process_messages_total",
+        "messaging_process_duration_seconds_count",
+        "messaging_end_to_end_latency_seconds_count",
+        "http_client_requests_total",
+        "recurring_next_occurrence_duration_seconds_count",
+        "recurring_next_occurrences_total",
+    ),
+    events.NOTIFICATIONS: (
+        "messaging_process_messages_total",
+        "jobs_scheduled_total",
+        "job_triggers_total",
+        "job_trigger_duration_seconds_count",
+        "reminders_scheduled_total",
+        "reminder_smtp_attempts_total",
+        "reminder_emails_total",
+        "reminder_delivery_latency_seconds_count",
+    ),
+}
+"""Per service, the catalogued metrics the scenario must move (sample names: `_count` of histograms)."""
+
+
+def catalogued(sample: str) -> bool:
+    from reference_app.common.metrics import CATALOGUE as APP_CATALOGUE
+    from todo_observability.metrics import CATALOGUE
+
+    names = {spec.name for spec in (*CATALOGUE, *APP_CATALOGUE)}
+    return sample in names or sample.removesuffix("_count") in names
+
+
+def test_the_page_drives_one_trace_and_the_scenario_moves_every_metric_it_should(
+    running: Running, tmp_path: Path
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.reference_app.frontend.test_browser import CHROMIUM, CHROMIUM_ARGS, require_browser
+
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    frontend = running.url(events.FRONTEND)
+    due = datetime.now(timezone.utc) + timedelta(minutes=16)
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+        )
+        try:
+            page = context.new_page()
+            page.goto(frontend)
+            page.select_option("#user_id", "bob")
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.locator("#signed-in-as")).to_contain_text("Signed in as bob")
+            page.fill("#title", "Water the plants")
+            page.fill("#due_at", due.strftime("%Y-%m-%dT%H:%M"))
+            page.select_option("#recurrence", "WEEKLY")
+            page.fill("#remind_minutes_before", "15")
+            page.get_by_role("button", name="Add task").click()
+            item = page.locator("#open-tasks li.task", has_text="Water the plants")
+            expect(item).to_have_count(1)
+            with page.expect_response(lambda r: r.url.endswith("/complete")) as completed:
+                item.get_by_role("button", name="Complete").click()
+            request_id = completed.value.headers["x-request-id"]
+            expect(page.locator("#status")).to_contain_text("next occurrence")
+        finally:
+            context.close()
+
+    # One trace: the page's click → frontend → backend → sidecars → recurring → backend.
+    line = eventually(
+        lambda: next(
+            (
+                line
+                for line in running.lines(events.FRONTEND)
+                if line.get("request_id") == request_id and line.get("trace_id")
+            ),
+            None,
+        ),
+        10,
+    )
+    trace_id = line["trace_id"]
+
+    def hops() -> set[tuple[str, str]]:
+        spans = load_spans(running.layout.spans) if running.layout.spans.exists() else []
+        return {
+            (s["localEndpoint"]["serviceName"], s["name"])
+            for s in spans
+            if s["traceId"] == trace_id
+        }
+
+    wanted = {
+        (events.FRONTEND, "POST /api/tasks/{task_id}/complete"),
+        (events.BACKEND, "POST /tasks/{task_id}/complete"),
+        (events.RECURRING, "pubsub/task-events"),
+        (events.RECURRING, "task-events process"),
+        (events.RECURRING, "rrule.calculate_next_occurrence"),
+        (events.BACKEND, "POST /tasks"),
+    }
+    eventually(lambda: wanted <= hops(), 30, "every hop's spans")
+    for service in (events.FRONTEND, events.BACKEND, events.RECURRING):
+        mine = [line for line in running.lines(service) if line.get("request_id") == request_id]
+        assert mine, service
+        assert {line["user_id"] for line in mine if line.get("user_id")} == {"bob"}, service
+
+    # The e-mail of this task's reminder, then every metric the scenario should move has moved.
+    eventually(
+        lambda: any(
+            "Water the plants" in p.read_text() for p in smtp_sink.messages(running.layout.mail)
+        ),
+        120,  # the reminder is due within the minute (the page takes minutes)
+        "bob's reminder e-mail",
+    )
+    for service, samples in SCENARIO_MOVES.items():
+        assert all(catalogued(sample) for sample in samples), samples
+        text = httpx.get(f"{running.url(service)}/metrics", timeout=5).text
+        moved = {
+            sample.name
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.value > 0
+        }
+        assert set(samples) <= moved, (service, sorted(set(samples) - moved))
