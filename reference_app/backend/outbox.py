@@ -186,7 +186,7 @@ class Outbox:
                 # A wake-up does not cut a backoff short: the sidecar just refused.
                 await asyncio.sleep(backoff)
             else:
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):  # not TimeoutError before 3.11
                     await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll)
             self._wake.clear()
             try:

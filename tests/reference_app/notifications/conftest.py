@@ -359,5 +359,5 @@ def reminder(task_id: int = 42, *, in_seconds: float = 1.0, **fields: Any) -> di
 
 
 def job_name_of(payload: dict[str, Any]) -> str:
-    remind_at = datetime.fromisoformat(payload["remind_at"])
+    remind_at = datetime.fromisoformat(payload["remind_at"].replace("Z", "+00:00"))
     return f"reminder-{payload['task_id']}-{int(remind_at.timestamp())}"

@@ -44,14 +44,17 @@ async def test_a_reminder_due_in_a_second_is_emailed_and_marked_sent(
     assert scheduled["context"]["job"] == name
     # Scheduled for remind_at itself, as an RFC 3339 UTC time, not triggered at once.
     assert scheduled["context"]["due_time"].endswith("Z")
-    assert datetime.fromisoformat(scheduled["context"]["due_time"]) == datetime.fromisoformat(
-        payload["remind_at"]
-    )
+    assert datetime.fromisoformat(
+        scheduled["context"]["due_time"].replace("Z", "+00:00")
+    ) == datetime.fromisoformat(payload["remind_at"].replace("Z", "+00:00"))
 
     assert system.triggers(name) == []  # due in a second, not at once
     assert await system.wait_for_triggers(name, 1) == [200]
     # wait_for returns as soon as the trigger is recorded: it came once the reminder was due.
-    assert time.time() >= datetime.fromisoformat(payload["remind_at"]).timestamp() - 0.05
+    assert (
+        time.time()
+        >= datetime.fromisoformat(payload["remind_at"].replace("Z", "+00:00")).timestamp() - 0.05
+    )
 
     [mail] = system.mailbox.received
     assert mail.rcpt_tos == ["alice@example.test"]
@@ -59,7 +62,7 @@ async def test_a_reminder_due_in_a_second_is_emailed_and_marked_sent(
     assert mail.message["To"] == "alice@example.test"
     assert mail.message["Subject"] == "Reminder: Daily standup"
     assert mail.message["Message-ID"] == f"<{name}@todo.local>"
-    due = datetime.fromisoformat(payload["due_at"]).astimezone(timezone.utc)
+    due = datetime.fromisoformat(payload["due_at"].replace("Z", "+00:00")).astimezone(timezone.utc)
     assert "Daily standup" in mail.body
     assert f"Due: {due.strftime('%A %d %B %Y, %H:%M UTC')}" in mail.body
 
