@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from todo_observability.cli import load_spans
@@ -102,3 +103,65 @@ def test_the_scenario_runs_to_the_end_and_shows_its_observability(tmp_path: Path
     assert "recurring_next_occurrences_total{outcome=created} 1" in out
     assert "reminder_emails_total{outcome=sent} 1" in out
     assert out.rstrip().endswith("Stopped: every process exited, spans flushed.")
+
+
+def children_of(pid: int) -> list[str]:
+    """The pids of `pid`'s child processes (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(pid):
+            found.append(stat.parent.name)
+    return found
+
+
+def test_ctrl_c_stops_every_process_and_flushes_spans(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    base = random.randrange(40_000, 50_000, 10)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "reference_app",
+            "--data",
+            str(data),
+            "--base-port",
+            str(base),
+            "--no-scenario",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        lines.append(line)
+        if line.startswith("Running.") or not line:
+            break
+    assert lines[-1].startswith("Running."), "".join(lines)
+    children = children_of(process.pid)
+    assert len(children) == 6  # the SMTP sink, the sidecars, four services
+    httpx.get(f"http://127.0.0.1:{base + 1}/health/ready", timeout=5)  # a span-free probe
+    httpx.get(f"http://127.0.0.1:{base + 1}/tasks", timeout=5)  # a 401, traced
+
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, rest
+    assert "Stopping" in rest
+    assert rest.rstrip().endswith("Stopped: every process exited, spans flushed.")
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+    spans = load_spans(data / "spans.jsonl")
+    assert any(s["name"] == "GET /tasks" for s in spans)  # flushed at shutdown
