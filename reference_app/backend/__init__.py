@@ -71,7 +71,8 @@ from fastapi import FastAPI
 
 from reference_app.backend.api import install
 from reference_app.backend.runtime import Backend
-from reference_app.backend.settings import DEV_JWT_SECRET, Settings
+from reference_app.backend.settings import Settings
+from reference_app.common.auth import DEV_JWT_SECRET
 from reference_app.common.events import BACKEND
 from todo_observability import configure, get_logger
 

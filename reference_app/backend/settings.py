@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
-DEV_JWT_SECRET = "todo-reference-development-secret-change-me"  # noqa: S105 - the documented dev default
 """The development JWT secret, shared by every service when `JWT_SECRET` is unset outside prod."""
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/backend.db"

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import jwt
 
+DEV_JWT_SECRET = "todo-reference-development-secret-change-me"  # noqa: S105 - public on purpose
+"""The shared development secret every service uses when JWT_SECRET is unset outside prod."""
 ALGORITHM = "HS256"
 ISSUER = "todo-reference"
 

@@ -8,13 +8,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from reference_app.common.events import BACKEND
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEFAULT_DEMO_USERS", "DEV_JWT_SECRET", "DemoUser", "Settings"]
 
-DEV_JWT_SECRET = "todo-reference-development-secret-change-me"  # noqa: S105 - public on purpose
 """The JWT secret used outside production when `JWT_SECRET` is not set (a WARNING says so)."""
 DEFAULT_DEMO_USERS = "alice:alice@todo.local,bob:bob@todo.local"
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from reference_app.common.events import (
     NOTIFICATIONS,
     PUBSUB,
@@ -17,7 +18,7 @@ from reference_app.common.events import (
     REMINDERS_DLQ,
 )
 from reference_app.notifications.reminders import JOB_TYPE, Reminders
-from reference_app.notifications.settings import DEV_JWT_SECRET, Settings
+from reference_app.notifications.settings import Settings
 from todo_observability import configure, get_logger
 from todo_observability.dapr import DaprClient, Job, Message, Subscriptions
 from todo_observability.health import checks

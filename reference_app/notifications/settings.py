@@ -7,12 +7,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
 
-DEV_JWT_SECRET = "todo-reference-development-secret-change-me"  # noqa: S105 - public on purpose; refused in prod
 """The JWT secret every service falls back to outside prod, so a local run needs no setup."""
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})
 """Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads it)."""

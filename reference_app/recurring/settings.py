@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEFAULT_PORT", "DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
 
-DEV_JWT_SECRET = "todo-reference-development-secret-change-me"  # noqa: S105 - public on purpose; refused in prod
 """The JWT secret every service uses outside prod when `JWT_SECRET` is not set."""
 DEFAULT_PORT = 8002
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})

@@ -15,9 +15,8 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from reference_app.common.auth import InvalidToken, Tokens
+from reference_app.common.auth import DEV_JWT_SECRET, InvalidToken, Tokens
 from reference_app.common.recurrence import InvalidRule, parse_rule
-from reference_app.frontend.settings import DEV_JWT_SECRET
 
 
 @dataclass(frozen=True)

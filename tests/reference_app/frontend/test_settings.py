@@ -13,9 +13,10 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from reference_app.frontend import Settings, create_app
 from reference_app.frontend.forms import NewTask
-from reference_app.frontend.settings import DEV_JWT_SECRET, DemoUser
+from reference_app.frontend.settings import DemoUser
 from tests.helpers import free_port
 from todo_observability import ConfigurationError
 from todo_observability.testing import LogCapture

@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
-from reference_app.common.auth import Identity, InvalidToken, Tokens
+from reference_app.common.auth import DEV_JWT_SECRET, Identity, InvalidToken, Tokens
 from reference_app.common.events import (
     BACKEND,
     NOTIFICATIONS,
@@ -34,7 +34,6 @@ from reference_app.common.events import (
     REMINDERS,
 )
 from reference_app.notifications import Settings, create_app
-from reference_app.notifications.settings import DEV_JWT_SECRET
 from tests.helpers import free_port
 from todo_observability import Observability, set_user_id
 from todo_observability.dapr import DaprClient

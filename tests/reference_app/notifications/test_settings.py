@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from reference_app.common.events import ReminderScheduled
 from reference_app.notifications import Settings, create_app
 from reference_app.notifications.reminders import due_time, job_name
-from reference_app.notifications.settings import DEV_JWT_SECRET
 from todo_observability import ConfigurationError
 from todo_observability.testing import LogCapture
 

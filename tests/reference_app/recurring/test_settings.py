@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from reference_app.common.auth import DEV_JWT_SECRET
 from reference_app.recurring import Settings
-from reference_app.recurring.settings import DEV_JWT_SECRET
 from todo_observability import ConfigurationError
 
 SECRET = "s" * 32
