@@ -17,16 +17,20 @@ from pathlib import Path
 import httpx
 import pytest
 
+from reference_app import run
 from todo_observability.cli import load_spans
 
 ROOT = Path(__file__).resolve().parents[2]
+BASE_PORTS = (10_000, 28_000)
+"""Where the system's ports are picked: below Linux's ephemeral range (32768-60999), which
+outgoing connections use, so nothing else grabs one while the system starts."""
 pytestmark = pytest.mark.slow
 
 
 def run_system(data: Path) -> str:
     """Run the command on a free block of ports; its output."""
     for _ in range(5):
-        base = random.randrange(20_000, 40_000, 10)
+        base = random.randrange(BASE_PORTS[0], BASE_PORTS[1], 10)
         result = subprocess.run(
             [sys.executable, "-m", "reference_app", "--data", str(data), "--base-port", str(base)],
             cwd=ROOT,
@@ -124,7 +128,10 @@ def test_ctrl_c_stops_every_process_and_flushes_spans(tmp_path: Path) -> None:
     import time
 
     data = tmp_path / "data"
-    base = random.randrange(40_000, 50_000, 10)
+    for _ in range(10):
+        base = random.randrange(BASE_PORTS[0], BASE_PORTS[1], 10)
+        if not any(run._port_taken(port) for port in run.Layout.at(data, base, None).ports()):
+            break
     process = subprocess.Popen(
         [
             sys.executable,

@@ -99,7 +99,7 @@ def running(
     data = tmp_path_factory.mktemp("system") / "data"
     out = io.StringIO()
     for _ in range(5):
-        layout = run.Layout.at(data, random.randrange(20_000, 40_000, 10), None)
+        layout = run.Layout.at(data, random.randrange(10_000, 28_000, 10), None)  # not ephemeral
         if not any(run._port_taken(port) for port in layout.ports()):
             break
     layout.database_url = database.url
@@ -294,7 +294,9 @@ def test_the_page_drives_one_trace_and_the_scenario_moves_every_metric_it_should
     from playwright.sync_api import expect, sync_playwright
 
     frontend = running.url(events.FRONTEND)
-    due = datetime.now(timezone.utc) + timedelta(minutes=16)
+    # The form takes whole minutes: the next minute boundary after now + 16 min puts the reminder
+    # (15 min before) 60 to 120 s ahead, always in the future when the page submits.
+    due = (datetime.now(timezone.utc) + timedelta(minutes=17)).replace(second=0, microsecond=0)
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(tmp_path / "profile"),
@@ -363,7 +365,7 @@ def test_the_page_drives_one_trace_and_the_scenario_moves_every_metric_it_should
         lambda: any(
             "Water the plants" in p.read_text() for p in smtp_sink.messages(running.layout.mail)
         ),
-        120,  # the reminder is due within the minute (the page takes minutes)
+        180,  # the reminder is due 60 to 120 s after the page's submit
         "bob's reminder e-mail",
     )
     for service, samples in SCENARIO_MOVES.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -85,7 +86,8 @@ async def test_dead_letters_are_parked_in_the_dlq_database_which_readiness_check
         ready = await client.get("/health/ready")
     assert ready.status_code == 200, ready.text
     assert ready.json()["checks"]["dlq-database"]["status"] == "UP"
-    with sqlite3.connect(database) as connection:
+    # sqlite3's own context manager commits but does not close (3.13 warns about that).
+    with contextlib.closing(sqlite3.connect(database)) as connection:
         rows = connection.execute("SELECT park_id FROM todo_obs_dead_letters").fetchall()
     assert rows == [("pubsub/task-events/evt-poison",)]
 
