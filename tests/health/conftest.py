@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -147,12 +148,12 @@ class PostgresCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgresql_cluster() -> Iterator[PostgresCluster]:
-    """One cluster for the session (initdb takes a while); removed at the end."""
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A started throwaway cluster, removed on exit; without the binaries: skip, or fail under CI."""
     bin_dir = _postgresql_bin_dir()
     if bin_dir is None:
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI"):
             pytest.fail(MISSING_POSTGRESQL, pytrace=False)
         pytest.skip(MISSING_POSTGRESQL)
     cluster = PostgresCluster(bin_dir)
@@ -162,6 +163,13 @@ def postgresql_cluster() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def postgresql_cluster() -> Iterator[PostgresCluster]:
+    """One cluster for the session (initdb takes a while); removed at the end."""
+    with postgres_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
 import random
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 from reference_app import run, smtp_sink
 from reference_app.common import events
 from reference_app.common.auth import Tokens
-from tests.health.conftest import MISSING_POSTGRESQL, PostgresCluster, _postgresql_bin_dir
+from tests.health.conftest import PostgresCluster, postgres_cluster
 from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
 
@@ -78,18 +77,8 @@ class Running:
 @pytest.fixture(scope="module")
 def database() -> Iterator[PostgresCluster]:
     """backend's database: a real PostgreSQL, so that it can really go down."""
-    bin_dir = _postgresql_bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail(MISSING_POSTGRESQL, pytrace=False)
-        pytest.skip(MISSING_POSTGRESQL)
-    cluster = PostgresCluster(bin_dir)
-    try:
-        cluster.init()
-        cluster.start()
+    with postgres_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -27,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from reference_app.backend import Settings, create_app
 from reference_app.common.auth import Tokens
 from reference_app.common.events import PUBSUB, REMINDERS, TASK_EVENTS, TASK_UPDATES
-from tests.health.conftest import MISSING_POSTGRESQL, PostgresCluster, _postgresql_bin_dir
+from tests.health.conftest import PostgresCluster, postgres_cluster
 from todo_observability import Observability
 from todo_observability.testing import LogCapture, SpanCapture, metric_value
 from todo_observability.testing.sidecar import Broker, Sidecar
@@ -42,18 +41,8 @@ TOPICS = (TASK_EVENTS, REMINDERS, TASK_UPDATES)
 @pytest.fixture(scope="session")
 def postgresql_server() -> Iterator[PostgresCluster]:
     """One real PostgreSQL for the session; without its binaries: skipped, or failed under CI."""
-    bin_dir = _postgresql_bin_dir()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail(MISSING_POSTGRESQL, pytrace=False)
-        pytest.skip(MISSING_POSTGRESQL)
-    cluster = PostgresCluster(bin_dir)
-    try:
-        cluster.init()
-        cluster.start()
+    with postgres_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.remove()
 
 
 @pytest.fixture
