@@ -16,7 +16,7 @@ PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 
 nox.needs_version = ">=2024.10.9"
 nox.options.default_venv_backend = "uv"
-nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "ops", "lint", "typecheck", "docs"]
 nox.options.error_on_missing_interpreters = os.environ.get("CI") == "true"
 
 
@@ -46,10 +46,34 @@ def tests(session: nox.Session) -> None:
     # point before pytest-cov could start measuring, and its import-time lines would be lost.
     env = {"COVERAGE_FILE": f".coverage.{session.python}"}
     session.run("coverage", "erase", env=env)
-    session.run("coverage", "run", "-m", "pytest", *session.posargs, env=env)
+    args = session.posargs or ["--ignore=tests/ops"]
+    session.run("coverage", "run", "-m", "pytest", *args, env=env)
     session.run("coverage", "combine", "--quiet", env=env, success_codes=[0, 1])
     session.run("coverage", "report", env=env)
     session.run("coverage", "xml", "-o", f"coverage-{session.python}.xml", "--quiet", env=env)
+
+
+OPS_TOOLS = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "kubectl": "kubectl (kustomize is built in)",
+}
+
+
+@nox.session(python="3.12")
+def ops(session: nox.Session) -> None:
+    """Check the operations pack with the real tools: promtool, amtool, Alertmanager, Prometheus, kubectl.
+
+    The pack does not depend on the Python version, so it runs once, not on every interpreter.
+    """
+    _install(session, "ops", extras="fastapi,otlp,dapr")
+    if os.environ.get("CI") == "true":
+        missing = [f"{tool} ({package})" for tool, package in OPS_TOOLS.items() if not shutil.which(tool)]
+        if missing:
+            session.error(f"missing tools: {', '.join(missing)}; ./dev installs the Debian ones.")
+    session.run("pytest", "tests/ops", *session.posargs)
 
 
 @nox.session(python="3.12")

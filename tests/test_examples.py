@@ -604,7 +604,7 @@ def test_every_example_is_run_by_a_test_and_included_in_the_docs() -> None:
     imported |= set(re.findall(r"examples[./](\w+)", sources))
     examples = {path.stem for path in EXAMPLES.glob("*.py")} - {"__init__"}
     assert examples - imported == set(), "examples no test runs"
-    docs = "\n".join(page.read_text(encoding="utf-8") for page in DOCS.glob("*.md"))
+    docs = "\n".join(page.read_text(encoding="utf-8") for page in DOCS.rglob("*.md"))
     included = set(re.findall(r'--8<-- "examples/(\w+)\.py', docs))
     assert included == examples
 

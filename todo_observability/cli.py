@@ -212,9 +212,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     trace.add_argument("--trace-id", help="the trace to show (default: the last one in the file)")
     trace.add_argument("--all", action="store_true", help="show every trace in the file")
     trace.set_defaults(run=_trace)
-    from todo_observability import _cli_dlq
+    from todo_observability import _cli_alerts, _cli_dlq, _cli_traces
 
     _cli_dlq.add_parser(commands)
+    _cli_alerts.add_parser(commands)
+    _cli_traces.add_parser(commands)
     _add_sidecar_command(commands)
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,1 @@
+"""The operations pack, as code: SLOs, alert rules, dashboards and trace flows of the reference system."""
