@@ -6,7 +6,10 @@
   the absent-metric alert and the operational alerts;
 - `deploy/monitoring/prometheus/rules.test.yml`: unit tests for every alert: it fires when it
   should, stays silent before its `for:`, and the burn-rate alerts stay silent at low traffic;
-- `deploy/k8s/base/monitoring/prometheusrule.yaml`: the same groups as a `PrometheusRule`.
+- `deploy/k8s/base/monitoring/prometheusrule.yaml`: the same groups as a `PrometheusRule`;
+- `deploy/k8s/base/monitoring/alertmanager-config.yaml`: `deploy/monitoring/alertmanager/
+  alertmanager.yml` as the Secret prometheus-operator's Alertmanager `todo` reads (its receivers'
+  secrets stay in files mounted from the `alertmanager-receivers` Secret, never in the repo).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from reference_app.ops.alerts import ALERTS, NAMESPACE
 from reference_app.ops.slos import SLOS
 from todo_observability.slo import (
     SLO,
-    Alert,
     Events,
     Latency,
     Uptime,
@@ -39,6 +41,8 @@ DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "monitoring" / "prometheus" / "rules.yml"
 RULE_TESTS = DEPLOY / "monitoring" / "prometheus" / "rules.test.yml"
 PROMETHEUS_RULE = DEPLOY / "k8s" / "base" / "monitoring" / "prometheusrule.yaml"
+ALERTMANAGER = DEPLOY / "monitoring" / "alertmanager" / "alertmanager.yml"
+ALERTMANAGER_SECRET = DEPLOY / "k8s" / "base" / "monitoring" / "alertmanager-config.yaml"
 RUNBOOKS = "https://todo-observability.readthedocs.io/operations/runbooks"
 """Where each alert's `runbook_url` points: `<RUNBOOKS>/<alert-name-in-kebab-case>/`."""
 
@@ -85,6 +89,8 @@ class Case:
     recorded: tuple[tuple[str, str, tuple[tuple[Mapping[str, str], float], ...]], ...] = field(
         default=()
     )
+    meanwhile: tuple[tuple[str, tuple[Mapping[str, str], ...]], ...] = ()
+    """Other evaluation times and exactly what fires then (e.g. the page, not yet the ticket)."""
 
 
 def _counter(per_minute: float, minutes: int) -> str:
@@ -165,8 +171,9 @@ def _slo_cases(slo: SLO) -> list[Case]:
             Case(
                 slo.alert,
                 "one failed scrape in 200 (0.5 %) keeps a ticket open once the page it caused "
-                "is over",
+                "is over; the ticket waits its `for: 15m`",
                 ((instance, "1x100 0 1x300"),),
+                meanwhile=(("110m", (page,)),),
                 fires_at="200m",
                 firing=(ticket,),
             ),
@@ -558,22 +565,23 @@ def unit_tests(rules_file: str = "rules.yml") -> dict[str, Any]:
         checks: list[dict[str, Any]] = [
             {"eval_time": at, "alertname": case.alert, "exp_alerts": []} for at in case.silent_at
         ]
-        if case.fires_at is not None:
-            checks.append(
-                {
-                    "eval_time": case.fires_at,
-                    "alertname": case.alert,
-                    "exp_alerts": [
-                        {
-                            "exp_labels": dict(labels),
-                            "exp_annotations": _annotations(
-                                rules[case.alert, labels["severity"]], labels
-                            ),
-                        }
-                        for labels in case.firing
-                    ],
-                }
-            )
+        expected = [*case.meanwhile, *([(case.fires_at, case.firing)] if case.fires_at else [])]
+        checks.extend(
+            {
+                "eval_time": at,
+                "alertname": case.alert,
+                "exp_alerts": [
+                    {
+                        "exp_labels": dict(labels),
+                        "exp_annotations": _annotations(
+                            rules[case.alert, labels["severity"]], labels
+                        ),
+                    }
+                    for labels in firing
+                ],
+            }
+            for at, firing in expected
+        )
         test: dict[str, Any] = {
             "name": f"{case.alert}: {case.proves}",
             "interval": "1m",
@@ -632,8 +640,16 @@ def files() -> dict[Path, str]:
         namespace=NAMESPACE,
         labels={"app.kubernetes.io/part-of": "todo", "role": "alert-rules"},
     )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "alertmanager-todo", "namespace": NAMESPACE},
+        "type": "Opaque",
+        "stringData": {"alertmanager.yaml": ALERTMANAGER.read_text(encoding="utf-8")},
+    }
     return {
         RULES: HEADER + dump({"groups": rule_groups}),
+        ALERTMANAGER_SECRET: HEADER + dump(secret),
         RULE_TESTS: HEADER + dump(unit_tests(RULES.name)),
         PROMETHEUS_RULE: HEADER + dump(resource),
     }
