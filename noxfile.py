@@ -70,7 +70,9 @@ def ops(session: nox.Session) -> None:
     """
     _install(session, "ops", extras="fastapi,otlp,dapr")
     if os.environ.get("CI") == "true":
-        missing = [f"{tool} ({package})" for tool, package in OPS_TOOLS.items() if not shutil.which(tool)]
+        missing = [
+            f"{tool} ({package})" for tool, package in OPS_TOOLS.items() if not shutil.which(tool)
+        ]
         if missing:
             session.error(f"missing tools: {', '.join(missing)}; ./dev installs the Debian ones.")
     session.run("pytest", "tests/ops", *session.posargs)
