@@ -206,6 +206,7 @@ def test_a_removed_service_is_reported_missing(scenario: Scenario, verify_edited
         "consume",
         "schedule",
         "trigger",
+        "send-mail",
         "mark-sent",
         "backend-sent",
     }
@@ -325,6 +326,7 @@ def test_a_missing_trigger_trace_breaks_the_reminder_flow(
     reminder = report_of(reports, REMINDER)
     assert [m["step"] for m in reminder["missing_spans"]] == [
         "trigger",
+        "send-mail",
         "mark-sent",
         "backend-sent",
     ]

@@ -120,7 +120,16 @@ REMINDER = Flow(
             follows="schedule",
             join_tag="dapr.job.name",
         ),
-        # Backend is told only after SMTP accepted the e-mail: this call is the delivery's mark.
+        # One conversation per attempt; the last one is the server accepting the e-mail.
+        Step(
+            "send-mail",
+            "notification-service",
+            "smtp send",
+            "CLIENT",
+            parent=("trigger",),
+            tags={"network.protocol.name": "smtp"},
+        ),
+        # Backend is told only after SMTP accepted the e-mail.
         Step(
             "mark-sent",
             "notification-service",

@@ -381,6 +381,24 @@ async def test_metrics_of_a_success(make_observability: Any, metrics_registry: A
     )
 
 
+def test_outcome_series_exist_at_zero_once_installed(
+    make_observability: Any, metrics_registry: Any
+) -> None:
+    subs = Subscriptions()
+
+    @subs.subscribe("pubsub", "task-events", dead_letter_topic="task-events-dlq")
+    async def handle(message: Message) -> None:
+        pass
+
+    subs.park_dead_letters("pubsub", "task-events-dlq")
+    app_with(subs, make_observability)
+    for topic in ("task-events", "task-events-dlq"):
+        for outcome in ("success", "retry", "drop"):
+            labels = {"topic": topic, "outcome": outcome}
+            value = metrics_registry.get_sample_value("messaging_process_messages_total", labels)
+            assert value == 0.0, (labels, value)
+
+
 async def test_dapr_subscribe_lists_rules_defaults_dead_letters_and_bulk(
     make_observability: Any,
 ) -> None:

@@ -468,6 +468,13 @@ class Subscriptions:
         app.router.routes.extend(routes)
         self._app = app
         self._installed = True
+        obs = self._obs()
+        if obs is not None:
+            # Every outcome series of every topic exists at 0 from the start: rate() counts the
+            # first message too, and a quiet hour after a restart is not an absent metric.
+            for sub in self._subscriptions:
+                for outcome in Outcome:
+                    obs.metrics.child(MESSAGING_PROCESSED, sub.topic, outcome.value.lower())
         parked = {(sub.pubsub, sub.topic) for sub in self._subscriptions if sub.parks}
         for sub in self._subscriptions:
             if (

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 import pytest
+from opentelemetry.trace import SpanKind, StatusCode
 
 from reference_app.common.events import NOTIFICATIONS
+from tests.helpers import spans
 from tests.reference_app.notifications.conftest import (
     REQUEST_ID,
     USER_ID,
@@ -22,6 +25,11 @@ from tests.reference_app.notifications.conftest import (
 )
 
 pytestmark = pytest.mark.anyio
+
+
+def smtp_spans(system: System) -> list[Any]:
+    found = [s for s in spans(system.observability) if s.name == "smtp send"]
+    return sorted(found, key=lambda s: s.start_time)
 
 
 async def parked(system: System) -> dict[str, dict[str, object]]:
@@ -76,6 +84,14 @@ async def test_a_reminder_due_in_a_second_is_emailed_and_marked_sent(
     assert system.metric("reminder_emails_total", outcome="sent") == 1
     assert system.metric("reminder_emails_total", outcome="failed") == 0
     assert system.metric("reminder_smtp_attempts_total", attempt="1", outcome="success") == 1
+    [smtp] = smtp_spans(system)
+    assert smtp.kind is SpanKind.CLIENT
+    assert smtp.status.status_code is StatusCode.UNSET
+    assert smtp.attributes["smtp.attempt"] == 1
+    assert smtp.attributes["server.port"] == system.mailbox.port
+    [trigger] = [s for s in spans(system.observability) if s.name == "reminder trigger"]
+    assert smtp.parent is not None
+    assert smtp.parent.span_id == trigger.context.span_id
     assert system.metric("reminder_delivery_latency_seconds_count") == 1
     latency = system.metric("reminder_delivery_latency_seconds_sum")
     assert 0 <= latency < 5
@@ -134,6 +150,10 @@ async def test_smtp_down_parks_the_reminder_and_a_replay_sends_it_exactly_once(
     for attempt in ("1", "2", "3"):
         assert system.metric("reminder_smtp_attempts_total", attempt=attempt, outcome="error") == 1
     assert system.metric("reminder_smtp_attempts_total", attempt="4", outcome="error") == 0
+    attempts = smtp_spans(system)
+    assert [s.attributes["smtp.attempt"] for s in attempts] == [1, 2, 3]
+    assert all(s.status.status_code is StatusCode.ERROR for s in attempts)
+    assert all(s.events[0].name == "exception" for s in attempts)
     assert system.metric("reminder_emails_total", outcome="failed") == 1
     assert system.metric("reminder_failures_total", reason="smtp_unavailable") == 1
     assert [line["context"]["attempt"] for line in system.service_logs("SMTP attempt failed")] == [
