@@ -8,21 +8,20 @@ from __future__ import annotations
 import io
 import json
 import re
-import threading
 import urllib.parse
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import LoopbackServer, free_port, reply_json
 from todo_observability.cli import main
 
 RECEIVERS = {"critical": "page", "warning": "chat", "info": "mail"}
 
 
-class FakeAlertmanager:
+class FakeAlertmanager(LoopbackServer):
     """Just enough of API v2: status, alerts in, alerts and groups out; routes by severity/category."""
 
     def __init__(self) -> None:
@@ -59,26 +58,13 @@ class FakeAlertmanager:
                 self.end_headers()
 
             def reply(self, status: int, body: Any) -> None:
-                payload = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                reply_json(self, status, body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet."""
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.start()
 
     def _visible(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
         (selector,) = query["filter"]

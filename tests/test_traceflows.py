@@ -11,10 +11,7 @@ from __future__ import annotations
 import copy
 import io
 import json
-import random
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +20,13 @@ from typing import Any
 import pytest
 
 from reference_app.ops.flows import FLOWS, NEXT_OCCURRENCE, REMINDER
+from tests.reference_app.harness import run_system
 from todo_observability.cli import load_spans, main
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.testing.zipkin import ZipkinEmulator
 from todo_observability.traceflows import Flow, Step, check_flows, load_flows
 
 ROOT = Path(__file__).resolve().parents[1]
-BASE_PORTS = (10_000, 28_000)
-"""The reference system's ports: below the ephemeral range, as tests/reference_app picks them."""
 FLOWS_SPEC = "reference_app.ops.flows:FLOWS"
 
 pytestmark = pytest.mark.slow
@@ -52,32 +48,10 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     """Run `python -m reference_app` once, exporting to a span file and to the Zipkin emulator."""
     zipkin = ZipkinEmulator()
     with zipkin.serve() as url:
-        for _ in range(5):
-            data = tmp_path_factory.mktemp("scenario") / "data"
-            base = random.randrange(BASE_PORTS[0], BASE_PORTS[1], 10)
-            result = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "reference_app",
-                    "--data",
-                    str(data),
-                    "--base-port",
-                    str(base),
-                    "--zipkin-endpoint",
-                    f"{url}/api/v2/spans",
-                ],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            if "ports already in use" not in result.stdout + result.stderr:
-                break
-        assert result.returncode == 0, result.stdout + result.stderr
+        data = tmp_path_factory.mktemp("scenario") / "data"
+        output = run_system(data, "--zipkin-endpoint", f"{url}/api/v2/spans")
         span_file = data / "spans.jsonl"
-        yield Scenario(result.stdout, span_file, load_spans(span_file), zipkin, url)
+        yield Scenario(output, span_file, load_spans(span_file), zipkin, url)
 
 
 @pytest.fixture(scope="module")

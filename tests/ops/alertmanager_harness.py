@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.helpers import free_port
+from tests.helpers import LoopbackServer, free_port, reply_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "reference_app" / "deploy" / "monitoring" / "alertmanager" / "alertmanager.yml"
@@ -80,7 +80,7 @@ class Request:
         return json.dumps(self.body)
 
 
-class HttpSink:
+class HttpSink(LoopbackServer):
     """An HTTP server that answers every POST with 200 and keeps the JSON bodies, in order."""
 
     def __init__(self) -> None:
@@ -95,28 +95,13 @@ class HttpSink:
                 with sink._lock:
                     sink.received.append(Request(self.path, body))
                 # PagerDuty answers 202 with a JSON status; Slack answers 200 "ok". Both are 2xx.
-                payload = b'{"status":"success"}'
-                self.send_response(202 if self.path.startswith("/pagerduty") else 200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                status = 202 if self.path.startswith("/pagerduty") else 200
+                reply_json(self, status, {"status": "success"})
 
             def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the test reports what it needs."""
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
 
     def requests(self, path: str) -> list[Request]:
         """The requests received on `path` so far."""

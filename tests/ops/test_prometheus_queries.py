@@ -11,10 +11,8 @@ against their documentation in test_dashboards.py and test_rules.py.
 
 from __future__ import annotations
 
-import functools
 import io
 import math
-import random
 import shutil
 import subprocess
 import time
@@ -35,6 +33,7 @@ from reference_app.ops.promql import selectors
 from tests.health.conftest import PostgresCluster, postgres_cluster
 from tests.helpers import free_port
 from tests.ops.test_rules import CATALOGUED
+from tests.reference_app.harness import running_system
 
 pytestmark = pytest.mark.slow
 
@@ -73,23 +72,11 @@ def system(
     tmp_path_factory: pytest.TempPathFactory, database: PostgresCluster
 ) -> Iterator[tuple[run.Layout, run.System]]:
     data = tmp_path_factory.mktemp("system") / "data"
-    out = io.StringIO()
     # Spans go to a Zipkin that is not there as well as to the file: the exporter guard drops
     # and counts them, which is what the SpansDropped alert and panel read.
     refused = f"http://127.0.0.1:{free_port()}/api/v2/spans"
-    for _ in range(5):
-        layout = run.Layout.at(data, random.randrange(10_000, 28_000, 10), refused)
-        if not any(run._port_taken(port) for port in layout.ports()):
-            break
-    layout.database_url = database.url
-    processes = run.start_system(layout, out)
-    try:
-        for service in layout.services.values():
-            ready = functools.partial(run.ready, service.url)
-            run.wait_until(f"{service.app_id} ready", ready, processes, 90, out)
-        yield layout, processes
-    finally:
-        processes.stop()
+    with running_system(data, database_url=database.url, zipkin_endpoint=refused) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ against the files it left: the e-mail in the mail folder, the spans in the span 
 from __future__ import annotations
 
 import json
-import random
 import re
 import subprocess
 import sys
@@ -17,32 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reference_app import run
+from tests.reference_app.harness import ROOT, free_layout, run_system
 from todo_observability.cli import load_spans
 
-ROOT = Path(__file__).resolve().parents[2]
-BASE_PORTS = (10_000, 28_000)
-"""Where the system's ports are picked: below Linux's ephemeral range (32768-60999), which
-outgoing connections use, so nothing else grabs one while the system starts."""
 pytestmark = pytest.mark.slow
-
-
-def run_system(data: Path) -> str:
-    """Run the command on a free block of ports; its output."""
-    for _ in range(5):
-        base = random.randrange(BASE_PORTS[0], BASE_PORTS[1], 10)
-        result = subprocess.run(
-            [sys.executable, "-m", "reference_app", "--data", str(data), "--base-port", str(base)],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if "ports already in use" not in result.stderr + result.stdout:
-            assert result.returncode == 0, result.stdout + result.stderr
-            return result.stdout
-    raise AssertionError("no free block of ports found")
 
 
 def test_the_scenario_runs_to_the_end_and_shows_its_observability(tmp_path: Path) -> None:
@@ -128,10 +105,7 @@ def test_ctrl_c_stops_every_process_and_flushes_spans(tmp_path: Path) -> None:
     import time
 
     data = tmp_path / "data"
-    for _ in range(10):
-        base = random.randrange(BASE_PORTS[0], BASE_PORTS[1], 10)
-        if not any(run._port_taken(port) for port in run.Layout.at(data, base, None).ports()):
-            break
+    base = free_layout(data).services["frontend"].port
     process = subprocess.Popen(
         [
             sys.executable,

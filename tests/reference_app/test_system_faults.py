@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-import functools
-import io
-import random
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +22,7 @@ from reference_app import run, smtp_sink
 from reference_app.common import events
 from reference_app.common.auth import Tokens
 from tests.health.conftest import PostgresCluster, postgres_cluster
+from tests.reference_app.harness import running_system
 from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
 
@@ -86,20 +84,8 @@ def running(
     tmp_path_factory: pytest.TempPathFactory, database: PostgresCluster
 ) -> Iterator[Running]:
     data = tmp_path_factory.mktemp("system") / "data"
-    out = io.StringIO()
-    for _ in range(5):
-        layout = run.Layout.at(data, random.randrange(10_000, 28_000, 10), None)  # not ephemeral
-        if not any(run._port_taken(port) for port in layout.ports()):
-            break
-    layout.database_url = database.url
-    system = run.start_system(layout, out)
-    try:
-        for service in layout.services.values():
-            ready = functools.partial(run.ready, service.url)
-            run.wait_until(f"{service.app_id} ready", ready, system, 90, out)
+    with running_system(data, database_url=database.url) as (layout, system):
         yield Running(layout, system)
-    finally:
-        system.stop()
 
 
 def test_smtp_down_parks_the_reminder_and_a_replay_delivers_it_exactly_once(
