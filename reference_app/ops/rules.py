@@ -4,6 +4,8 @@
 
 - `deploy/monitoring/prometheus/rules.yml`: the SLOs' recording rules and burn-rate alerts,
   the absent-metric alert and the operational alerts;
+- `deploy/monitoring/prometheus/prometheus.yml`: a Prometheus configuration for the local run
+  (`./dev demo --keep-running`): one job per service, named after it, and the rules;
 - `deploy/monitoring/prometheus/rules.test.yml`: unit tests for every alert: it fires when it
   should, stays silent before its `for:`, and the burn-rate alerts stay silent at low traffic;
 - `deploy/k8s/base/monitoring/prometheusrule.yaml`: the same groups as a `PrometheusRule`;
@@ -40,6 +42,7 @@ from todo_observability.slo import (
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 RULES = DEPLOY / "monitoring" / "prometheus" / "rules.yml"
 RULE_TESTS = DEPLOY / "monitoring" / "prometheus" / "rules.test.yml"
+PROMETHEUS_CONFIG = DEPLOY / "monitoring" / "prometheus" / "prometheus.yml"
 PROMETHEUS_RULE = DEPLOY / "k8s" / "base" / "monitoring" / "prometheusrule.yaml"
 ALERTMANAGER = DEPLOY / "monitoring" / "alertmanager" / "alertmanager.yml"
 ALERTMANAGER_SECRET = DEPLOY / "k8s" / "base" / "monitoring" / "alertmanager-config.yaml"
@@ -631,8 +634,29 @@ def dump(document: Any) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
+def local_prometheus_config(ports: Mapping[str, int], rules_file: str = RULES.name) -> dict[str, Any]:
+    """A Prometheus configuration scraping the services on loopback, with the rules.
+
+    Args:
+        ports: Each service's port by job (app id).
+        rules_file: The rules file, relative to the configuration or absolute.
+    """
+    return {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+        "rule_files": [rules_file],
+        "scrape_configs": [
+            # One job per service, named after it, as the ServiceMonitors name them in Kubernetes.
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+            for job, port in ports.items()
+        ],
+    }
+
+
 def files() -> dict[Path, str]:
     """Each generated file and its content."""
+    from reference_app.run import Layout
+
+    local = Layout.at(Path("data"), 8000, None)
     rule_groups = groups()
     resource = prometheus_rule(
         "todo-rules",
@@ -649,6 +673,10 @@ def files() -> dict[Path, str]:
     }
     return {
         RULES: HEADER + dump({"groups": rule_groups}),
+        PROMETHEUS_CONFIG: HEADER
+        + "# The local run: `./dev demo --keep-running`, then\n"
+        + "#   prometheus --config.file=reference_app/deploy/monitoring/prometheus/prometheus.yml\n"
+        + dump(local_prometheus_config({s.app_id: s.port for s in local.services.values()})),
         ALERTMANAGER_SECRET: HEADER + dump(secret),
         RULE_TESTS: HEADER + dump(unit_tests(RULES.name)),
         PROMETHEUS_RULE: HEADER + dump(resource),

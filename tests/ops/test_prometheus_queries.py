@@ -87,18 +87,15 @@ def prometheus(
     assert binary, "prometheus is missing: install the Debian package prometheus"
     layout, _ = system
     folder = tmp_path_factory.mktemp("prometheus")
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules.RULES)],
-        "scrape_configs": [
-            # One job per service, named after it, as the ServiceMonitors name them.
-            {
-                "job_name": service.app_id,
-                "static_configs": [{"targets": [f"127.0.0.1:{service.port}"]}],
-            }
-            for service in layout.services.values()
-        ],
-    }
+    # The committed local configuration, on this run's ports and with every-second scrapes.
+    config = rules.local_prometheus_config(
+        {service.app_id: service.port for service in layout.services.values()}, str(rules.RULES)
+    )
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    committed = yaml.safe_load(rules.PROMETHEUS_CONFIG.read_text())
+    assert [job["job_name"] for job in committed["scrape_configs"]] == [
+        job["job_name"] for job in config["scrape_configs"]
+    ]
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     log = (folder / "prometheus.log").open("wb")

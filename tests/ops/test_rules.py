@@ -178,3 +178,11 @@ def test_every_runbook_shows_its_rules_as_generated() -> None:
         assert rule["expr"].strip() in page.read_text(), (
             f"{page.relative_to(ROOT)}: the {severity} rule of {name} differs from rules.yml"
         )
+
+
+def test_the_local_prometheus_configuration_is_valid_and_loads_the_rules() -> None:
+    checked = promtool("check", "config", str(rules.PROMETHEUS_CONFIG))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 1 rule files found" in checked.stdout
+    config = yaml.safe_load(rules.PROMETHEUS_CONFIG.read_text())
+    assert {job["job_name"] for job in config["scrape_configs"]} == set(slos.SERVICES)
