@@ -634,7 +634,9 @@ def dump(document: Any) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
-def local_prometheus_config(ports: Mapping[str, int], rules_file: str = RULES.name) -> dict[str, Any]:
+def local_prometheus_config(
+    ports: Mapping[str, int], rules_file: str = RULES.name
+) -> dict[str, Any]:
     """A Prometheus configuration scraping the services on loopback, with the rules.
 
     Args:
