@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI
 
 from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common.database import prepare_sqlite_file
 from reference_app.common.events import (
     NOTIFICATIONS,
     PUBSUB,
@@ -20,10 +21,31 @@ from reference_app.common.events import (
 from reference_app.notifications.reminders import JOB_TYPE, Reminders
 from reference_app.notifications.settings import Settings
 from todo_observability import configure, get_logger
-from todo_observability.dapr import DaprClient, Job, Message, Subscriptions
+from todo_observability.dapr import (
+    DaprClient,
+    InMemoryDeadLetterStore,
+    Job,
+    Message,
+    SqlDeadLetterStore,
+    Subscriptions,
+)
 from todo_observability.health import checks
 
-__all__ = ["create_app"]
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from todo_observability.dapr import DeadLetterStore
+    from todo_observability.health import Check
+
+__all__ = ["DEAD_LETTER_TABLE_PREFIX", "create_app"]
+
+DEAD_LETTER_TABLE_PREFIX = "todo_obs_notifications_"
+"""Prefix of the park's tables in the `DLQ_DATABASE_URL` database.
+
+In prod that database also holds recurring-task-service's park (the SDK's default tables,
+`todo_obs_dead_letters`): tables of its own keep each service listing and replaying only
+what it parked.
+"""
 
 _log = get_logger(__name__)
 
@@ -39,6 +61,8 @@ def create_app(
     It subscribes to `reminders` (type `reminder.scheduled`), schedules one Dapr job per
     reminder, e-mails the reminder when the job triggers and marks it sent on backend. It
     parks `reminders-dlq` and the reminder jobs it gives up on; both replay with `todo-obs dlq`.
+    The park is in memory, or with `settings.dlq_database_url` in that database (tables
+    prefixed `DEAD_LETTER_TABLE_PREFIX`), which readiness then checks as `dlq-database`.
 
     Args:
         settings: The settings; by default `Settings.from_env()`.
@@ -49,7 +73,7 @@ def create_app(
             `traces_exporter=`, `log_stream=`, ...).
 
     Returns:
-        The FastAPI app; its lifespan closes the sidecar client.
+        The FastAPI app; its lifespan closes the sidecar client and the dead-letter database.
     """
     settings = settings or Settings.from_env()
     dapr = DaprClient(
@@ -57,15 +81,28 @@ def create_app(
     )
     # The health checks make short-lived clients of their own, unless the sidecar is in process.
     checks_client = httpx.AsyncClient(transport=dapr_transport) if dapr_transport else None
+    engine: AsyncEngine | None = None
+    dead_letters: DeadLetterStore
+    if settings.dlq_database_url is not None:
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        engine = create_async_engine(settings.dlq_database_url)
+        dead_letters = SqlDeadLetterStore(engine, table_prefix=DEAD_LETTER_TABLE_PREFIX)
+    else:
+        dead_letters = InMemoryDeadLetterStore()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
+            if settings.dlq_database_url is not None:
+                prepare_sqlite_file(settings.dlq_database_url)
             yield
         finally:
             await dapr.aclose()
             if checks_client is not None:
                 await checks_client.aclose()
+            if engine is not None:
+                await engine.dispose()
 
     app = FastAPI(
         title="notification-service",
@@ -77,26 +114,25 @@ def create_app(
         "api_token": settings.dapr_api_token or "",
         "client": checks_client,
     }
+    health: list[Check] = [
+        # Critical: sending e-mails is all this service does.
+        checks.smtp(
+            settings.smtp_host,
+            settings.smtp_port,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout=min(settings.smtp_timeout, 2.0),
+            critical=True,
+        ),
+        checks.dapr_sidecar(**dapr_checks),
+        checks.dapr_jobs(**dapr_checks),
+    ]
+    if engine is not None:
+        # Critical, as in recurring-task-service: without it nothing can be parked or replayed.
+        health.append(checks.database(engine, name="dlq-database"))
     observability.setdefault("environment", settings.environment)
-    obs = configure(
-        app,
-        service_name=NOTIFICATIONS,
-        health_checks=[
-            # Critical: sending e-mails is all this service does.
-            checks.smtp(
-                settings.smtp_host,
-                settings.smtp_port,
-                starttls=settings.smtp_starttls,
-                username=settings.smtp_username,
-                password=settings.smtp_password,
-                timeout=min(settings.smtp_timeout, 2.0),
-                critical=True,
-            ),
-            checks.dapr_sidecar(**dapr_checks),
-            checks.dapr_jobs(**dapr_checks),
-        ],
-        **observability,
-    )
+    obs = configure(app, service_name=NOTIFICATIONS, health_checks=health, **observability)
     if settings.jwt_secret == DEV_JWT_SECRET:
         _log.warning(
             "JWT_SECRET is not set: using the public development secret",
@@ -109,6 +145,7 @@ def create_app(
     reminders = Reminders(settings, dapr, obs)
     subscriptions = Subscriptions(
         client=dapr,
+        dead_letters=dead_letters,
         app_api_token=settings.app_api_token or "",
         admin_token=settings.admin_token or "",
         observability=obs,
@@ -137,6 +174,7 @@ def create_app(
             "smtp_server": f"{settings.smtp_host}:{settings.smtp_port}",
             "smtp_attempts": settings.smtp_attempts,
             "dapr_endpoint": settings.dapr_endpoint,
+            "dead_letter_store": "sql" if engine is not None else "memory",
         },
     )
     return app

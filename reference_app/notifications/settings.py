@@ -8,14 +8,18 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common.database import check_async_database_url
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
 
-"""The JWT secret every service falls back to outside prod, so a local run needs no setup."""
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})
 """Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads it)."""
+DLQ_DATABASE_EXAMPLES = (
+    "sqlite+aiosqlite:///./data/notifications.db or postgresql+psycopg://user:pass@host/db"
+)
+"""The URLs a bad `DLQ_DATABASE_URL` error suggests."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -65,6 +69,10 @@ class Settings:
         app_api_token: `APP_API_TOKEN`, required from the sidecar on the Dapr routes; optional.
         admin_token: `TODO_OBS_ADMIN_TOKEN`, the bearer token of the dead-letter API; without
             it the API is closed in prod.
+        dlq_database_url: `DLQ_DATABASE_URL`, an SQLAlchemy async URL
+            (`sqlite+aiosqlite:///./data/notifications.db`) where parked reminder jobs and
+            `reminders-dlq` messages are kept, so they outlive the process and every replica
+            sees the same park; None (the default) keeps them in this process's memory.
     """
 
     environment: str = "dev"
@@ -85,6 +93,8 @@ class Settings:
     dapr_api_token: str | None = field(default=None, repr=False)
     app_api_token: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
+    # The URL may carry the database password.
+    dlq_database_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.is_prod and self.jwt_secret == DEV_JWT_SECRET:
@@ -149,6 +159,10 @@ class Settings:
                 self.job_trigger_attempts,
                 "a whole number from 1 to 100",
                 "Match the job failure policy: 1 + maxRetries (4 for the Scheduler's default).",
+            )
+        if self.dlq_database_url is not None:
+            check_async_database_url(
+                self.dlq_database_url, env_var="DLQ_DATABASE_URL", example=DLQ_DATABASE_EXAMPLES
             )
 
     @property
@@ -244,4 +258,5 @@ class Settings:
             dapr_api_token=optional("DAPR_API_TOKEN"),
             app_api_token=optional("APP_API_TOKEN"),
             admin_token=optional("TODO_OBS_ADMIN_TOKEN"),
+            dlq_database_url=optional("DLQ_DATABASE_URL"),
         )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI
 
 from reference_app.common.auth import Tokens
+from reference_app.common.database import prepare_sqlite_file
 from reference_app.common.events import (
     PUBSUB,
     RECURRING,
@@ -103,7 +103,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.dlq_database_url is not None:
-            _create_sqlite_directory(settings.dlq_database_url)
+            prepare_sqlite_file(settings.dlq_database_url)
         try:
             yield
         finally:
@@ -186,20 +186,3 @@ def create_app(
         },
     )
     return app
-
-
-def _create_sqlite_directory(url: str) -> None:
-    """Create the directory of a SQLite database file (SQLite creates the file, not its directory)."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        return
-    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
-        return
-    directory = Path(parsed.database).parent
-    if not directory.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        log.info(
-            "created the directory of the dead-letter database", extra={"path": str(directory)}
-        )

@@ -12,16 +12,20 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common.database import check_async_database_url
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEFAULT_PORT", "DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
 
-"""The JWT secret every service uses outside prod when `JWT_SECRET` is not set."""
 DEFAULT_PORT = 8002
+"""The port uvicorn listens on when `PORT` is not set."""
 PROD_ENVIRONMENTS = frozenset({"prod", "production"})
 """Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads them)."""
 IDEMPOTENCY_STORES = ("memory", "dapr")
+DLQ_DATABASE_EXAMPLES = (
+    "sqlite+aiosqlite:///./data/recurring.db or postgresql+psycopg://user:pass@host/db"
+)
 MIN_SECRET_BYTES = (
     32  # HS256 wants a key at least as long as its output (reference_app.common.auth)
 )
@@ -102,7 +106,11 @@ class Settings:
                 value=self.idempotency_store,
             )
         if self.dlq_database_url is not None:
-            _check_database_url(self.dlq_database_url)
+            check_async_database_url(
+                self.dlq_database_url,
+                env_var="DLQ_DATABASE_URL",
+                example=DLQ_DATABASE_EXAMPLES,
+            )
 
     @property
     def is_production(self) -> bool:
@@ -194,44 +202,3 @@ def _check_secret(secret: str, production: bool) -> None:
             field="jwt_secret",
             env_var="JWT_SECRET",
         )
-
-
-def _check_database_url(url: str) -> None:
-    """Refuse a `DLQ_DATABASE_URL` SQLAlchemy's asyncio engine cannot use (shown without password)."""
-    from sqlalchemy import exc as sa_exc
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    example = "sqlite+aiosqlite:///./data/recurring.db or postgresql+psycopg://user:pass@host/db"
-    try:
-        parsed = make_url(url)
-    except sa_exc.ArgumentError:
-        raise ConfigurationError(
-            f"DLQ_DATABASE_URL is not an SQLAlchemy URL: {_without_password(url)!r}; "
-            f"set it like {example}, or unset it to keep dead letters in memory.",
-            field="dlq_database_url",
-            env_var="DLQ_DATABASE_URL",
-        ) from None
-    shown = parsed.render_as_string(hide_password=True)
-    try:
-        # Building an engine opens no connection; it loads the dialect and its driver.
-        engine = create_async_engine(parsed)
-    except (sa_exc.SQLAlchemyError, ImportError) as exc:
-        raise ConfigurationError(
-            f"DLQ_DATABASE_URL {shown!r} cannot be used with SQLAlchemy's asyncio engine "
-            f"({type(exc).__name__}: {exc}); name an async driver installed here, like "
-            f"{example}, or unset it to keep dead letters in memory.",
-            field="dlq_database_url",
-            env_var="DLQ_DATABASE_URL",
-        ) from None
-    engine.sync_engine.dispose()
-
-
-def _without_password(url: str) -> str:
-    """`url` with anything between `:` and `@` of its authority masked (it may not parse)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"

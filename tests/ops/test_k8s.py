@@ -565,6 +565,8 @@ def test_prod_keeps_state_outside_the_pods_and_dev_inside() -> None:
     assert settings(dev, "recurring-task-service").idempotency_store == "memory"
     assert settings(prod, "recurring-task-service").idempotency_store == "dapr"
     assert settings(prod, "recurring-task-service").dlq_database_url is not None
+    assert settings(prod, "notification-service").dlq_database_url is not None
+    assert settings(dev, "notification-service").dlq_database_url is None
     assert settings(dev, "notification-service").smtp_host == "smtp-sink"
     named(dev, "Service", "smtp-sink")
     assert settings(prod, "notification-service").smtp_starttls is True

@@ -228,6 +228,8 @@ class System:
     client: httpx.AsyncClient
     backend_client: httpx.AsyncClient
     sidecar_api: SidecarApi
+    stop: Callable[[], Awaitable[None]]
+    """Stop the app (its lifespan ends), its sidecars and clients, as a process exit would."""
 
     async def publish(
         self,
@@ -269,10 +271,16 @@ async def start_system(
     captured_logs: LogCapture,
     make_observability: Any,
 ) -> AsyncIterator[StartSystem]:
-    """Start the system (`await start_system(**settings)`); everything is stopped after the test."""
+    """Start the system (`await start_system(**settings)`); everything is stopped after the test.
+
+    A test may start it again after `System.stop()`: a restart, with a new app on the same
+    settings (the same SMTP server, metrics registry and log capture).
+    """
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> System:
+            # Each system stops on its own (`System.stop`, a restart) or with the test.
+            own = await stack.enter_async_context(AsyncExitStack())
             broker = Broker(component_retry_interval=0.005)
             backend = FakeBackend()
             make_observability(
@@ -284,7 +292,7 @@ async def start_system(
             backend.dapr = DaprClient(
                 "http://127.0.0.1:3500", transport=httpx.ASGITransport(app=backend_sidecar.asgi)
             )
-            stack.push_async_callback(backend.dapr.aclose)
+            own.push_async_callback(backend.dapr.aclose)
 
             settings = Settings(
                 **{
@@ -305,7 +313,7 @@ async def start_system(
                 log_stream=captured_logs,
             )
             observability = app.state.observability
-            stack.callback(observability.shutdown)
+            own.callback(observability.shutdown)
             sidecar = Sidecar(
                 NOTIFICATIONS,
                 broker=broker,
@@ -314,13 +322,13 @@ async def start_system(
                 retry_policy=RetryPolicy.constant(0.01, max_retries=2),
             )
             to_sidecar.target, to_app.target = sidecar.asgi, app
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            await stack.enter_async_context(backend_sidecar)
-            await stack.enter_async_context(sidecar)
-            client = await stack.enter_async_context(
+            await own.enter_async_context(app.router.lifespan_context(app))
+            await own.enter_async_context(backend_sidecar)
+            await own.enter_async_context(sidecar)
+            client = await own.enter_async_context(
                 httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
             )
-            backend_client = await stack.enter_async_context(
+            backend_client = await own.enter_async_context(
                 httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=backend.app), base_url="http://backend"
                 )
@@ -338,6 +346,7 @@ async def start_system(
                 client,
                 backend_client,
                 to_sidecar,
+                own.aclose,
             )
 
         yield start

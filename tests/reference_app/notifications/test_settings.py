@@ -36,6 +36,7 @@ def test_defaults() -> None:
     assert settings.dapr_endpoint == "http://127.0.0.1:3500"
     assert settings.jwt_secret == DEV_JWT_SECRET
     assert settings.uses_dev_secret
+    assert settings.dlq_database_url is None  # dead letters in memory
 
 
 def test_every_variable_is_read() -> None:
@@ -59,6 +60,7 @@ def test_every_variable_is_read() -> None:
             "DAPR_API_TOKEN": "dapr-token",
             "APP_API_TOKEN": "app-token",
             "TODO_OBS_ADMIN_TOKEN": "admin-token",
+            "DLQ_DATABASE_URL": "postgresql+psycopg://todo:db-password@postgres/todo_dead_letters",
         }
     )
     assert settings == Settings(
@@ -80,10 +82,11 @@ def test_every_variable_is_read() -> None:
         dapr_api_token="dapr-token",
         app_api_token="app-token",
         admin_token="admin-token",
+        dlq_database_url="postgresql+psycopg://todo:db-password@postgres/todo_dead_letters",
     )
     assert settings.mail_domain == "example.test"
     text = repr(settings)
-    for secret in (SECRET, "hunter2-hunter2", "dapr-token", "app-token", "admin-token"):
+    for secret in (SECRET, "hunter2-hunter2", "dapr-token", "app-token", "admin-token", "db-pass"):
         assert secret not in text
 
 
@@ -113,6 +116,57 @@ def test_a_bad_value_is_named_with_its_value(
     assert message.startswith(f"{variable}=") or message.startswith(f"{variable} ")
     assert shown in message
     assert raised.value.env_var == variable
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:///./data/notifications.db",
+        "sqlite+aiosqlite:////var/lib/todo/notifications-dlq.db",
+        "postgresql+psycopg://todo:password@postgres:5432/todo_dead_letters",
+    ],
+)
+def test_an_async_dead_letter_database_url_is_accepted(url: str) -> None:
+    assert Settings.from_env({"DLQ_DATABASE_URL": f" {url} "}).dlq_database_url == url
+
+
+def test_a_blank_dead_letter_database_url_keeps_dead_letters_in_memory() -> None:
+    assert Settings.from_env({"DLQ_DATABASE_URL": " "}).dlq_database_url is None
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("not a url", "DLQ_DATABASE_URL is not an SQLAlchemy URL: 'not a url'"),
+        (
+            # The sync sqlite3 driver: SQLAlchemy's asyncio engine refuses it.
+            "sqlite:///notifications.db",
+            "DLQ_DATABASE_URL 'sqlite:///notifications.db' cannot be used with SQLAlchemy's "
+            "asyncio engine",
+        ),
+        ("nosuchdb://todo:hunter2@db/dlq", "'nosuchdb://todo:***@db/dlq'"),
+        ("postgres ql://todo:hunter2@db/dlq", "'postgres ql://todo:***@db/dlq'"),
+        # One slash short: not even split into scheme and authority, still masked.
+        ("postgresql+psycopg:/todo:hunter2@db/dlq", "'postgresql+psycopg:***@db/dlq'"),
+    ],
+)
+def test_a_bad_dead_letter_database_url_is_refused_without_its_password(
+    url: str, says: str
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env({"DLQ_DATABASE_URL": url})
+    message = str(raised.value)
+    assert says in message
+    assert "hunter2" not in message
+    assert "sqlite+aiosqlite:///./data/notifications.db" in message  # how to fix it
+    assert "or unset it to keep dead letters in memory" in message
+    assert (raised.value.env_var, raised.value.field) == ("DLQ_DATABASE_URL", "dlq_database_url")
+
+
+def test_a_dead_letter_database_url_given_in_code_is_checked_too() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Settings(dlq_database_url="sqlite:///x.db")
+    assert str(raised.value).startswith("DLQ_DATABASE_URL 'sqlite:///x.db' cannot be used")
 
 
 def test_smtp_credentials_come_in_pairs() -> None:

@@ -92,6 +92,12 @@ def test_settings_built_in_code_are_validated_too() -> None:
             "DLQ_DATABASE_URL",
             "'nosuchdb://user:***@db/dlq'",
         ),
+        (
+            # One slash short: SQLAlchemy cannot parse it, so cannot mask it; we do.
+            {"DLQ_DATABASE_URL": "postgresql+psycopg:/user:hunter2@db/dlq"},
+            "DLQ_DATABASE_URL",
+            "not an SQLAlchemy URL: 'postgresql+psycopg:***@db/dlq'",
+        ),
     ],
 )
 def test_a_bad_variable_is_named_with_its_value_and_the_fix(
