@@ -10,6 +10,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common.database import without_password
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
@@ -114,14 +115,16 @@ def _database_url(env: Mapping[str, str]) -> str:
         "use an async SQLAlchemy URL such as sqlite+aiosqlite:///./data/backend.db "
         "or postgresql+psycopg://user:password@host:5432/todo"
     )
+    # The URL may hold a password: errors show it masked, never as given.
+    shown = without_password(value)
     try:
         url = make_url(value)
     except ArgumentError:
-        raise _error("DATABASE_URL", value, "is not a database URL", fix) from None
+        raise _error("DATABASE_URL", shown, "is not a database URL", fix) from None
     if url.drivername not in ASYNC_DRIVERS:
         raise _error(
             "DATABASE_URL",
-            value,
+            url.render_as_string(hide_password=True),
             f"uses the driver {url.drivername!r}, which is not one of {', '.join(ASYNC_DRIVERS)}",
             fix,
         )

@@ -97,6 +97,17 @@ def test_an_invalid_variable_is_named_with_its_value_and_a_fix(
     assert caught.value.env_var == variable
 
 
+@pytest.mark.parametrize(
+    "value", ["postgresql://todo:hunter2@db/todo", "postgresql+psycopg:/todo:hunter2@db/todo"]
+)
+def test_a_database_url_error_never_shows_the_password(value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"DATABASE_URL": value})
+    assert "hunter2" not in str(caught.value)
+    assert "hunter2" not in repr(caught.value.value)
+    assert "***" in str(caught.value)
+
+
 @pytest.mark.parametrize("environment", ["prod", "production"])
 def test_jwt_secret_is_required_in_production(environment: str) -> None:
     with pytest.raises(ConfigurationError, match="JWT_SECRET is required") as caught:
