@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
+from tests.helpers import LoopbackServer
 from todo_observability import traced
 from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
@@ -144,7 +145,7 @@ def test_guarded_exporter_backs_off_counts_and_logs_once_per_outage(
     spans = finished(TracerProvider(), 3)
     assert guarded.export(spans) is SpanExportResult.FAILURE
     assert guarded.export(spans) is SpanExportResult.FAILURE  # backing off: not even called
-    assert inner.calls == 1
+    assert inner.calls == 2  # the first failure is retried once at once
     assert (
         metric_value(registry, "todo_observability_spans_dropped_total", reason="export_failed")
         == 3
@@ -162,6 +163,57 @@ def test_guarded_exporter_backs_off_counts_and_logs_once_per_outage(
     assert len(messages) == 2
     assert "Failing failed, spans are dropped until it recovers: connection refused" in messages[0]
     assert "recovered" in messages[1]
+
+
+def test_a_keep_alive_connection_the_collector_closed_while_idle_loses_no_span() -> None:
+    """Collectors close idle keep-alive connections; the next batch must not be dropped."""
+    from http.server import BaseHTTPRequestHandler
+
+    from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+    batches: list[list[dict[str, object]]] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        """Keeps connections alive, but closes one that waited too long, as servers do.
+
+        A server that times an idle connection out while the client is sending on it closes it
+        without an answer: the client sees RemoteDisconnected. Here that happens, for sure, to
+        every request after a connection's first.
+        """
+
+        protocol_version = "HTTP/1.1"
+        served = 0
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if self.served:
+                self.close_connection = True  # closed without a response
+                return
+            self.served += 1
+            batches.append(json.loads(body))
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    collector = LoopbackServer(Collector)
+    collector.start()
+    try:
+        registry = CollectorRegistry()
+        guarded = GuardedSpanExporter(
+            ZipkinExporter(endpoint=f"{collector.url}/api/v2/spans", timeout=5),
+            metric_set(registry).counter(SPANS_DROPPED),
+        )
+        spans = finished(TracerProvider(), 2)
+        assert guarded.export(spans[:1]) is SpanExportResult.SUCCESS
+        assert guarded.export(spans[1:]) is SpanExportResult.SUCCESS
+    finally:
+        collector.stop()
+    assert [[span["name"] for span in batch] for batch in batches] == [["op-0"], ["op-1"]]
+    for reason in ("export_failed", "exporter_unavailable"):
+        assert metric_value(registry, "todo_observability_spans_dropped_total", reason=reason) == 0
 
 
 def test_guarded_exporter_backoff_doubles_up_to_a_cap() -> None:

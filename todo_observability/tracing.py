@@ -54,8 +54,9 @@ TRACER_NAME = "todo_observability"
 class GuardedSpanExporter(SpanExporter):
     """Wraps an exporter so that a dead collector is cheap, quiet and counted.
 
-    After a failed export the wrapped exporter is not called again until a
-    backoff (1 s, doubling up to `max_backoff`) has passed; batches that arrive
+    A failed export is tried once more at once (a stale keep-alive connection fails
+    the first request it carries); after a second failure the wrapped exporter is
+    not called again until a backoff (1 s, doubling up to `max_backoff`) has passed; batches that arrive
     meanwhile are dropped without being encoded. Each outage is logged once when
     it starts and once when it ends.
     """
@@ -74,11 +75,13 @@ class GuardedSpanExporter(SpanExporter):
         if self._backoff and time.monotonic() < self._retry_at:
             self._unavailable.inc(len(spans))
             return SpanExportResult.FAILURE
-        try:
-            result = self.exporter.export(spans)
-            error: BaseException | None = None
-        except Exception as exc:  # noqa: BLE001 - an exporter must never break the processor thread
-            result, error = SpanExportResult.FAILURE, exc
+        result, error = self._attempt(spans)
+        if result is not SpanExportResult.SUCCESS and not self._backoff:
+            # Once more at once while the collector is believed up: a pooled keep-alive
+            # connection that the server timed out just as the batch was sent fails with no
+            # answer, and the retry opens a fresh one. A collector that is really down costs
+            # one extra call per outage, not per batch.
+            result, error = self._attempt(spans)
         if result is SpanExportResult.SUCCESS:
             if self._backoff:
                 _log.warning("%s recovered; spans are exported again", self._name)
@@ -94,6 +97,12 @@ class GuardedSpanExporter(SpanExporter):
         self._backoff = min(self._max_backoff, self._backoff * 2 or 1.0)
         self._retry_at = time.monotonic() + self._backoff
         return result
+
+    def _attempt(self, spans: Sequence[ReadableSpan]) -> tuple[SpanExportResult, Exception | None]:
+        try:
+            return self.exporter.export(spans), None
+        except Exception as exc:  # noqa: BLE001 - an exporter must never break the processor thread
+            return SpanExportResult.FAILURE, exc
 
     def shutdown(self) -> None:
         """Shut the wrapped exporter down."""
