@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import sys
 import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 
@@ -29,6 +34,29 @@ def server_spans(obs: Observability) -> list[Any]:
     from opentelemetry.trace import SpanKind
 
     return [span for span in spans(obs) if span.kind is SpanKind.SERVER]
+
+
+T = TypeVar("T")
+
+
+def eventually(
+    check: Callable[[], T | None],
+    timeout: float = 30.0,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """Poll `check` until it returns something truthy, and return it; fail at the deadline.
+
+    `what` names the wait in the failure; a callable is called then (to show logs, say).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {described or check}")
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -65,3 +93,38 @@ class LoopbackServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Any, port: int) -> AsyncIterator[None]:
+    """Serve the ASGI `app` with uvicorn on loopback `port`, in this event loop."""
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        # The test owns the signals; uvicorn must not install (and re-raise) its own.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    # No log config, no log level: uvicorn would change its loggers for the rest of the session.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, log_level=None, lifespan="off"
+    )
+    server = Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), f"the app on port {port} did not start"
+            await asyncio.sleep(0.01)
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+def todo_obs() -> list[str]:
+    """The command line that runs `todo-obs` from this environment."""
+    script = Path(sys.executable).with_name("todo-obs")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "todo_observability.cli"]

@@ -31,6 +31,7 @@ from reference_app.common.metrics import TASKS_COMPLETED, TASKS_CREATED
 from todo_observability import get_logger
 
 if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from reference_app.backend.db import Database
@@ -263,21 +264,16 @@ class Tasks:
         await self.db.ensure_schema()
         now = utcnow()
         async with self.db.sessions() as session, session.begin():
-            # One conditional UPDATE: of two concurrent completions, exactly one wins.
-            result = await session.execute(
-                update(Task)
-                .where(
-                    Task.id == task_id,
-                    Task.user_id == identity.user_id,
-                    Task.completed.is_(False),
-                )
-                .values(completed=True, completed_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
+            task, changed = await _set_once(
+                session,
+                identity,
+                task_id,
+                Task.completed.is_(False),
+                completed=True,
+                completed_at=now,
+                updated_at=now,
             )
-            task = await session.scalar(_own(identity, task_id))
-            if task is None:
-                raise TaskNotFound(task_id)
-            if cast("CursorResult[Any]", result).rowcount == 0:
+            if not changed:
                 return task
             rows = [
                 self.outbox.add(
@@ -319,20 +315,15 @@ class Tasks:
         await self.db.ensure_schema()
         now = utcnow()
         async with self.db.sessions() as session, session.begin():
-            result = await session.execute(
-                update(Task)
-                .where(
-                    Task.id == task_id,
-                    Task.user_id == identity.user_id,
-                    Task.reminder_sent_at.is_(None),
-                )
-                .values(reminder_sent_at=now, updated_at=now)
-                .execution_options(synchronize_session=False)
+            task, changed = await _set_once(
+                session,
+                identity,
+                task_id,
+                Task.reminder_sent_at.is_(None),
+                reminder_sent_at=now,
+                updated_at=now,
             )
-            task = await session.scalar(_own(identity, task_id))
-            if task is None:
-                raise TaskNotFound(task_id)
-            if cast("CursorResult[Any]", result).rowcount == 0:
+            if not changed:
                 return task
             rows = [self._updated(session, task, "reminder_sent", ["reminder_sent_at"], now)]
         log.info("reminder marked sent", extra={"task_id": task.id, "actor": identity.actor})
@@ -403,6 +394,32 @@ def _log_reminder(task: Task, rows: Sequence[OutboxEvent]) -> None:
             "reminder scheduled",
             extra={"task_id": task.id, "remind_at": task.remind_at.isoformat()},
         )
+
+
+async def _set_once(
+    session: AsyncSession,
+    identity: Identity,
+    task_id: int,
+    unset: ColumnElement[bool],
+    **values: Any,
+) -> tuple[Task, bool]:
+    """Set `values` on the caller's task if `unset` holds; the task, and whether this call did.
+
+    One conditional UPDATE: of two concurrent calls, exactly one changes the task.
+
+    Raises:
+        TaskNotFound: no such task for the caller.
+    """
+    result = await session.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.user_id == identity.user_id, unset)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    task = await session.scalar(_own(identity, task_id))
+    if task is None:
+        raise TaskNotFound(task_id)
+    return task, cast("CursorResult[Any]", result).rowcount > 0
 
 
 def _own(identity: Identity, task_id: int) -> Select[Task]:

@@ -54,6 +54,8 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from reference_app.common import metrics as app_metrics
 from reference_app.ops import thirdparty
+from reference_app.ops.catalogue import HISTOGRAM_SERIES, spec_of
+from reference_app.ops.promql import selectors
 from reference_app.ops.slos import REMINDER_DELIVERY, SLOS
 from todo_observability import metrics as sdk_metrics
 from todo_observability.metrics import MetricSpec
@@ -152,7 +154,7 @@ def _labels_of(spec: MetricSpec, suffix: str) -> tuple[str, ...]:
 
 
 def _series_name(spec: MetricSpec, suffix: str) -> str:
-    if suffix and (spec.type != "histogram" or suffix not in ("_bucket", "_sum", "_count")):
+    if suffix and (spec.type != "histogram" or suffix not in HISTOGRAM_SERIES):
         raise ValueError(
             f"{spec.name!r} is a {spec.type}; only histograms have the series "
             f"_bucket, _sum and _count, got suffix {suffix!r}."
@@ -1212,40 +1214,17 @@ class Query:
     @property
     def metrics(self) -> frozenset[str]:
         """The metric names (series names, e.g. `x_bucket`) the query selects."""
-        import promql_parser
-
-        names: set[str] = set()
-
-        def visit(node: object) -> None:
-            if isinstance(node, promql_parser.VectorSelector) and node.name:
-                names.add(node.name)
-
-        promql_parser.walk(promql_parser.parse(self.concrete()), visit)
-        return frozenset(names)
+        return frozenset(selector.name for selector in selectors(self.concrete()))
 
     @property
     def kind(self) -> str:
         """`own` (only our catalogues' metrics), `slo` (reads recording rules) or `thirdparty`."""
-        bases = {_catalogue_base(name) for name in self.metrics}
+        bases = {found[0].name if (found := spec_of(name)) else name for name in self.metrics}
         if any(thirdparty.base_name(name) in thirdparty.THIRD_PARTY for name in self.metrics):
             return "thirdparty"
         if bases & {spec.name for spec in RECORDING_RULES}:
             return "slo"
         return "own"
-
-
-def catalogue() -> dict[str, MetricSpec]:
-    """Our metrics by name: the SDK's catalogue and the reference services' own."""
-    return {spec.name: spec for spec in (*sdk_metrics.CATALOGUE, *app_metrics.CATALOGUE)}
-
-
-def _catalogue_base(series: str) -> str:
-    specs = catalogue()
-    for suffix in ("_bucket", "_sum", "_count"):
-        base = series.removesuffix(suffix)
-        if base != series and base in specs and specs[base].type == "histogram":
-            return base
-    return series
 
 
 def queries() -> list[Query]:

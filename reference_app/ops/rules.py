@@ -20,7 +20,7 @@ import argparse
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +89,9 @@ class Case:
     silent_at: tuple[str, ...] = ()
     fires_at: str | None = None
     firing: tuple[Mapping[str, str], ...] = ()
-    recorded: tuple[tuple[str, str, tuple[tuple[Mapping[str, str], float], ...]], ...] = field(
-        default=()
-    )
+    recorded: tuple[str, str, Mapping[str, str], float] | None = None
+    """A recording rule's value at a time: (record, eval time, labels, value); the job `idle`
+    of the same input has no traffic and must have no sample."""
     meanwhile: tuple[tuple[str, tuple[Mapping[str, str], ...]], ...] = ()
     """Other evaluation times and exactly what fires then (e.g. the page, not yet the ticket)."""
 
@@ -226,7 +226,7 @@ def _slo_cases(slo: SLO) -> list[Case]:
                 *series(job, rate * 0.9, rate * 0.1, 30),
                 *series("idle", 0, 0, 30),
             ),
-            recorded=(("slo:sli_error:ratio_rate5m", "30m", ((ratio_labels, 0.1),)),),
+            recorded=("slo:sli_error:ratio_rate5m", "30m", ratio_labels, 0.1),
         )
     )
     return cases
@@ -592,18 +592,16 @@ def unit_tests(rules_file: str = "rules.yml") -> dict[str, Any]:
             "alert_rule_test": checks,
         }
         if case.recorded:
+            record, at, labels, value = case.recorded
+            series = _labels(record, labels)
             test["promql_expr_test"] = [
                 {
-                    "expr": _labels(record, labels),
+                    "expr": series,
                     "eval_time": at,
-                    "exp_samples": [{"labels": _labels(record, labels), "value": value}],
-                }
-                for record, at, samples in case.recorded
-                for labels, value in samples
-            ] + [
+                    "exp_samples": [{"labels": series, "value": value}],
+                },
                 # The idle job has no traffic: its ratio is missing, not NaN.
-                {"expr": f'{record}{{job="idle"}}', "eval_time": at, "exp_samples": []}
-                for record, at, _ in case.recorded
+                {"expr": f'{record}{{job="idle"}}', "eval_time": at, "exp_samples": []},
             ]
         tests.append(test)
     return {"rule_files": [rules_file], "evaluation_interval": "1m", "tests": tests}

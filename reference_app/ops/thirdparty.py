@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from reference_app.ops.catalogue import HISTOGRAM_SERIES
+
 __all__ = ["THIRD_PARTY", "ThirdPartyMetric", "base_name", "lookup"]
 
 Source = Literal[
@@ -155,14 +157,12 @@ THIRD_PARTY: dict[str, ThirdPartyMetric] = {
 }
 """Documented third-party metric names → where they come from and their labels."""
 
-_HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
-
 
 def base_name(series: str) -> str:
     """The listed name a series belongs to: a histogram's `_bucket`/`_sum`/`_count` map to it."""
     if series in THIRD_PARTY:
         return series
-    for suffix in _HISTOGRAM_SERIES:
+    for suffix in HISTOGRAM_SERIES:
         base = series.removesuffix(suffix)
         if base != series and THIRD_PARTY.get(base, _NOT_HISTOGRAM).type == "histogram":
             return base

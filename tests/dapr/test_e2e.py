@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import eventually, free_port
 from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
 
@@ -134,15 +134,6 @@ def system(tmp_path: Path) -> Iterator[System]:
                 process.popen.wait()
 
 
-def eventually(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.1)
-
-
 def stop(system: System) -> None:
     """Stop everything gracefully, so every process flushes its spans and logs."""
     for process in system.processes.values():
@@ -158,10 +149,14 @@ def test_one_trace_and_one_request_id_across_both_services_and_the_sidecars(syst
     assert response.status_code == 200, response.text
     assert response.headers["x-request-id"] == "e2e-req-1"
     backend = system.processes["backend"]
-    assert eventually(lambda: any(line["message"] == "task created" for line in backend.lines())), (
-        backend.log.read_text()
-        + system.processes["recurring"].log.read_text()
-        + system.processes["sidecars"].log.read_text()
+    eventually(
+        lambda: any(line["message"] == "task created" for line in backend.lines()),
+        20,
+        lambda: (
+            backend.log.read_text()
+            + system.processes["recurring"].log.read_text()
+            + system.processes["sidecars"].log.read_text()
+        ),
     )
     stop(system)
 
@@ -225,9 +220,11 @@ def test_a_poison_event_is_parked_and_handled_with_the_dlq_command(
     task_id = created.json()["id"]
     assert httpx.post(f"{system.backend}/tasks/{task_id}/complete").status_code == 200
     recurring = system.processes["recurring"]
-    assert eventually(
-        lambda: any(line["message"] == "dead letter parked" for line in recurring.lines())
-    ), recurring.log.read_text()
+    eventually(
+        lambda: any(line["message"] == "dead letter parked" for line in recurring.lines()),
+        20,
+        recurring.log.read_text,
+    )
     dropped = next(
         line for line in recurring.lines() if line["message"].startswith("message dropped")
     )
@@ -250,8 +247,10 @@ def test_a_poison_event_is_parked_and_handled_with_the_dlq_command(
     # Still poison: the replay is accepted, delivered, dropped again and parked again.
     assert todo_obs(["dlq", "--service", system.recurring, "replay", park_id]) == 0
     assert f"replayed {park_id} to task-events" in capsys.readouterr().out
-    assert eventually(
-        lambda: sum(line["message"] == "dead letter parked" for line in recurring.lines()) == 2
+    eventually(
+        lambda: sum(line["message"] == "dead letter parked" for line in recurring.lines()) == 2,
+        20,
+        "the replayed message to be parked again",
     )
     assert todo_obs(["dlq", "--service", system.recurring, "list", "--json"]) == 0
     [parked] = json.loads(capsys.readouterr().out)["parked"]

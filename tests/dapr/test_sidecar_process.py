@@ -3,63 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_app, todo_obs
 from todo_observability.cli import load_spans, main
 
 from .conftest import APP_TRACEPARENT, TRACE_ID
 
 pytestmark = pytest.mark.anyio
-
-
-class _Server(uvicorn.Server):
-    # The test owns the signals; uvicorn must not install (and re-raise) its own.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: Starlette, port: int) -> AsyncIterator[None]:
-    """Serve `app` on `port` in this event loop (the emulator process calls it over HTTP)."""
-    # No log config, no log level: uvicorn would change its loggers for the rest of the session.
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, log_level=None, lifespan="off"
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the test app did not start"
-            await asyncio.sleep(0.01)
-        yield
-    finally:
-        server.should_exit = True
-        await task
-
-
-def todo_obs() -> list[str]:
-    script = Path(sys.executable).with_name("todo-obs")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "todo_observability.cli"]
 
 
 async def wait_until_ready(

@@ -14,7 +14,6 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import yaml
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from tests.helpers import LoopbackServer, free_port, reply_json
+from tests.helpers import LoopbackServer, eventually, free_port, reply_json
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "reference_app" / "deploy" / "monitoring" / "alertmanager" / "alertmanager.yml"
@@ -50,18 +49,6 @@ REWRITTEN_FIELDS = (
 TEST_GROUP_WAIT = "1s"
 TEST_GROUP_INTERVAL = "1s"
 T = TypeVar("T")
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 15.0) -> T:
-    """Poll `probe` until it returns something other than None; fail with `what` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result is not None:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 # --- HTTP sink (Slack webhooks, PagerDuty Events API v2) ----------------------------------------
@@ -116,7 +103,7 @@ class HttpSink(LoopbackServer):
         def probe() -> Request | None:
             return next((r for r in self.requests(path) if match(r)), None)
 
-        return wait_until(f"{what} on {path} (received: {self.received!r})", probe, timeout)
+        return eventually(probe, timeout, lambda: f"{what} on {path} (received: {self.received!r})")
 
 
 # --- SMTP sink ----------------------------------------------------------------------------------
@@ -154,7 +141,7 @@ class SmtpSink:
             with self._lock:
                 return next((m for m in self.received if m["To"] == to), None)
 
-        return wait_until(f"{what}: an e-mail to {to}", probe, timeout)
+        return eventually(probe, timeout, f"{what}: an e-mail to {to}")
 
 
 # --- Alertmanager -------------------------------------------------------------------------------
@@ -247,7 +234,7 @@ class Alertmanager:
             except httpx.TransportError:
                 return None
 
-        wait_until("alertmanager to be ready", probe, timeout)
+        eventually(probe, timeout, "alertmanager to be ready")
 
     def post(self, alerts: Sequence[Mapping[str, Any]]) -> None:
         """Send alerts to `POST /api/v2/alerts`, as Prometheus does."""

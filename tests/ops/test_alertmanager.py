@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import eventually
 from tests.ops.alertmanager_harness import (
     CONFIG,
     PAGERDUTY_ROUTING_KEY,
@@ -29,7 +30,6 @@ from tests.ops.alertmanager_harness import (
     adapted_config,
     alert,
     running_rig,
-    wait_until,
 )
 from todo_observability.cli import main
 
@@ -493,9 +493,10 @@ def test_inhibition_holds_the_target_back_while_the_source_fires(
     rig.alertmanager.post([alert(case.source)])
     # The source's own notification: it is in the store and the inhibitor has seen it.
     source_name = case.source["alertname"]
-    wait_until(
-        f"the {source_name} notification",
+    eventually(
         lambda: next((r for r in rig.http.received if source_name in r.text), None),
+        15,
+        f"the {source_name} notification",
     )
     source = state(rig, case.source)
 

@@ -14,8 +14,8 @@ import promql_parser
 import pytest
 import yaml
 
-from reference_app.common import metrics as app_metrics
 from reference_app.ops import dashboards, thirdparty
+from reference_app.ops.catalogue import SPECS, spec_of
 from todo_observability import metrics as sdk_metrics
 from todo_observability.metrics import MetricSpec
 
@@ -115,22 +115,17 @@ VISUALISATIONS = dict(_visualisations())
 
 def _specs() -> dict[str, MetricSpec]:
     """Every metric a query may select from our side: both catalogues and the SLO rules."""
-    return {
-        spec.name: spec
-        for spec in (*sdk_metrics.CATALOGUE, *app_metrics.CATALOGUE, *dashboards.RECORDING_RULES)
-    }
+    return {**SPECS, **{spec.name: spec for spec in dashboards.RECORDING_RULES}}
 
 
 def _labels_allowed(series: str | None) -> set[str] | None:
     """The labels `series` can have, or None when it is neither ours nor documented."""
     if series is None:
         return None
-    specs = _specs()
-    for suffix in ("", "_bucket", "_sum", "_count"):
-        base = series.removesuffix(suffix) if suffix else series
-        spec = specs.get(base)
-        if spec is not None and (not suffix or spec.type == "histogram"):
-            return {*spec.labels, *SCRAPE_LABELS, *(("le",) if suffix == "_bucket" else ())}
+    found = spec_of(series, _specs())
+    if found is not None:
+        spec, suffix = found
+        return {*spec.labels, *SCRAPE_LABELS, *(("le",) if suffix == "_bucket" else ())}
     if thirdparty.base_name(series) in thirdparty.THIRD_PARTY:
         metric = thirdparty.lookup(series)
         extra = ("le",) if series.endswith("_bucket") else ()
@@ -322,13 +317,8 @@ def test_every_metric_queried_is_in_a_catalogue_the_slo_rules_or_thirdparty() ->
 
 
 def test_queries_on_non_catalogue_metrics_are_documented_third_party_metrics() -> None:
-    ours = set(_specs())
-    outside = {
-        name
-        for query in QUERIES
-        for name in query.metrics
-        if not any(name.removesuffix(s) in ours for s in ("", "_bucket", "_sum", "_count"))
-    }
+    ours = _specs()
+    outside = {name for query in QUERIES for name in query.metrics if spec_of(name, ours) is None}
     assert outside, "the Kafka and Dapr dashboards query third-party metrics"
     for name in outside:
         thirdparty.lookup(name)  # raises KeyError for an undocumented name

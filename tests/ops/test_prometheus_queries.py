@@ -16,7 +16,7 @@ import math
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -29,24 +29,13 @@ from reference_app import run
 from reference_app.common import events
 from reference_app.common.auth import Tokens
 from reference_app.ops import dashboards, rules
+from reference_app.ops.catalogue import spec_of
 from reference_app.ops.promql import selectors
 from tests.health.conftest import PostgresCluster, postgres_cluster
-from tests.helpers import free_port
-from tests.ops.test_rules import CATALOGUED
+from tests.helpers import eventually, free_port
 from tests.reference_app.harness import running_system
 
 pytestmark = pytest.mark.slow
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.25)
 
 
 @dataclass
@@ -277,7 +266,7 @@ ALERT_SELECTORS = sorted(
         for rule in group["rules"]
         if "alert" in rule
         for selector in selectors(rule["expr"])
-        if selector.name in CATALOGUED
+        if spec_of(selector.name) is not None
     }
 )
 

@@ -10,23 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reference_app.common import metrics as app_metrics
 from reference_app.ops import alerts, rules, slos, thirdparty
+from reference_app.ops.catalogue import spec_of
 from reference_app.ops.promql import selectors
-from todo_observability import metrics as sdk_metrics
 from todo_observability.slo import rule_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-CATALOGUED = {
-    name
-    for spec in (*sdk_metrics.CATALOGUE, *app_metrics.CATALOGUE)
-    for name in (
-        (spec.name, f"{spec.name}_bucket", f"{spec.name}_count", f"{spec.name}_sum")
-        if spec.type == "histogram"
-        else (spec.name,)
-    )
-}
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,10 +62,11 @@ def test_every_alert_fires_in_a_unit_test_and_is_silent_before_its_for() -> None
         )
 
     alerting = rules.alerting_rules()
+    cases = rules.cases()
     for name, severity in alerting:
         fired = [
             case
-            for case in rules.cases()
+            for case in cases
             if case.alert == name
             and case.fires_at
             and any(labels["severity"] == severity for labels in case.firing)
@@ -101,10 +92,11 @@ def test_every_alert_fires_in_a_unit_test_and_is_silent_before_its_for() -> None
 
 
 def test_every_burn_rate_alert_has_a_low_traffic_case() -> None:
+    cases = rules.cases()
     for slo in slos.SLOS:
         if slo.min_events == 0:
             continue
-        quiet = [c for c in rules.cases() if c.alert == slo.alert and "low traffic" in c.proves]
+        quiet = [c for c in cases if c.alert == slo.alert and "low traffic" in c.proves]
         assert quiet, f"{slo.alert} has no low-traffic case"
         assert all(c.fires_at is None and c.silent_at for c in quiet)
 
@@ -137,13 +129,14 @@ def test_the_unit_tests_fail_when_alerts_fire_without_waiting(tmp_path: Path) ->
 
 
 def test_every_alert_has_severity_summary_description_and_a_runbook_page() -> None:
+    slugs = rules.runbook_slugs()
     for (name, severity), rule in rules.alerting_rules().items():
         assert severity in {"critical", "warning", "info"}
         assert rule["labels"]["category"]
         assert rule["annotations"]["summary"].strip()
         assert len(rule["annotations"]["description"]) > 40
         url = rule["annotations"]["runbook_url"]
-        slug = rules.runbook_slugs()[name]
+        slug = slugs[name]
         assert url == f"{rules.RUNBOOKS}/{slug}/"
         page = DOCS / "operations" / "runbooks" / f"{slug}.md"
         assert page.is_file(), f"{name}: runbook page {page.relative_to(ROOT)} is missing"
@@ -151,14 +144,13 @@ def test_every_alert_has_severity_summary_description_and_a_runbook_page() -> No
 
 
 def test_rules_query_only_catalogued_or_documented_metrics() -> None:
-    recorded = {
-        rule["record"] for group in rules.groups() for rule in group["rules"] if "record" in rule
-    }
-    for group in rules.groups():
+    groups = rules.groups()
+    recorded = {rule["record"] for group in groups for rule in group["rules"] if "record" in rule}
+    for group in groups:
         for rule in group["rules"]:
             for selector in selectors(rule["expr"]):
                 assert (
-                    selector.name in CATALOGUED
+                    spec_of(selector.name) is not None
                     or selector.name in recorded
                     or thirdparty.base_name(selector.name) in thirdparty.THIRD_PARTY
                 ), f"{rule.get('alert') or rule.get('record')}: unknown metric {selector.name}"
@@ -173,8 +165,9 @@ def test_burn_rate_alerts_route_by_category_slo(severity: str) -> None:
 
 
 def test_every_runbook_shows_its_rules_as_generated() -> None:
+    slugs = rules.runbook_slugs()
     for (name, severity), rule in rules.alerting_rules().items():
-        page = DOCS / "operations" / "runbooks" / f"{rules.runbook_slugs()[name]}.md"
+        page = DOCS / "operations" / "runbooks" / f"{slugs[name]}.md"
         assert rule["expr"].strip() in page.read_text(), (
             f"{page.relative_to(ROOT)}: the {severity} rule of {name} differs from rules.yml"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,22 +22,12 @@ from reference_app import run, smtp_sink
 from reference_app.common import events
 from reference_app.common.auth import Tokens
 from tests.health.conftest import PostgresCluster, postgres_cluster
+from tests.helpers import eventually
 from tests.reference_app.harness import running_system
 from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
 
 pytestmark = pytest.mark.slow
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.2)
 
 
 class Running:

@@ -14,17 +14,16 @@ import importlib.util
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from reference_app.common.auth import Tokens
 from reference_app.frontend.app import SESSION_COOKIE
-from tests.helpers import free_port
+from tests.helpers import free_port, serve_app, todo_obs
 
 from .conftest import SECRET
 from .fake_backend import FakeBackend
@@ -61,42 +60,6 @@ def require_browser() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"the browser test must run on CI: {reason}")
     pytest.skip(reason)
-
-
-class _Server(uvicorn.Server):
-    # The test owns the signals; uvicorn must not install (and re-raise) its own.
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-@contextlib.asynccontextmanager
-async def serve(app: object, port: int) -> AsyncIterator[None]:
-    """Serve `app` on `port` in this event loop."""
-    # No log config, no log level: uvicorn would change its loggers for the rest of the session.
-    config = uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        log_level=None,
-        lifespan="off",
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not task.done(), "the fake backend did not start"
-            await asyncio.sleep(0.01)
-        yield
-    finally:
-        server.should_exit = True
-        await task
-
-
-def todo_obs() -> list[str]:
-    script = Path(sys.executable).with_name("todo-obs")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "todo_observability.cli"]
 
 
 @dataclass
@@ -145,7 +108,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         return process
 
     try:
-        async with serve(backend.app, ports["backend"]):
+        async with serve_app(backend.app, ports["backend"]):
             sidecars = start(
                 "sidecars",
                 [
