@@ -48,7 +48,15 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "erase", env=env)
     # The operations pack has its own session (`nox -s ops`): its tools and generators are not
     # Python-version dependent, and grafana-foundation-sdk needs 3.11.
-    session.run("coverage", "run", "-m", "pytest", "--ignore=tests/ops", *session.posargs, env=env)
+    session.run(
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        "--ignore=tests/reference_app/ops",
+        *session.posargs,
+        env=env,
+    )
     session.run("coverage", "combine", "--quiet", env=env, success_codes=[0, 1])
     session.run("coverage", "report", env=env)
     session.run("coverage", "xml", "-o", f"coverage-{session.python}.xml", "--quiet", env=env)
@@ -76,7 +84,7 @@ def ops(session: nox.Session) -> None:
         ]
         if missing:
             session.error(f"missing tools: {', '.join(missing)}; ./dev installs the Debian ones.")
-    session.run("pytest", "tests/ops", *session.posargs)
+    session.run("pytest", "tests/reference_app/ops", *session.posargs)
 
 
 @nox.session(python="3.12")

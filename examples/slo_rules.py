@@ -11,7 +11,7 @@ import json
 import sys
 from typing import Any
 
-from todo_observability.slo import SLO, Alert, Events, rule_groups, service_slos
+from todo_observability.ops.slo import SLO, Alert, Events, rule_groups, service_slos
 
 JOBS = ["orders", "payments"]
 """The Prometheus `job` of each service instrumented with the SDK."""

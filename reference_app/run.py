@@ -372,7 +372,7 @@ def run_scenario(layout: Layout, system: System, out: TextIO) -> Scenario:
 
 def show_trace(layout: Layout, system: System, request_id: str, out: TextIO) -> None:
     """The completion's trace as a tree, from the span file."""
-    from todo_observability.cli import load_spans, render_trace_tree
+    from todo_observability.ops.spans import load_spans, render_trace_tree
 
     trace_id = next(
         (

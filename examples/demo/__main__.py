@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from todo_observability.cli import load_spans, render_trace_tree
+from todo_observability.ops.spans import load_spans, render_trace_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from reference_app.common import events
 from reference_app.common import metrics as app
 from reference_app.ops.slos import SERVICES
 from todo_observability import metrics as sdk
-from todo_observability.slo import Alert
+from todo_observability.ops.slo import Alert
 
 NAMESPACE = "todo"
 """The Kubernetes namespace of the reference system (kube-state-metrics series are scoped to it)."""

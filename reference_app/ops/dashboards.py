@@ -59,7 +59,7 @@ from reference_app.ops.promql import selectors
 from reference_app.ops.slos import REMINDER_DELIVERY, SLOS
 from todo_observability import metrics as sdk_metrics
 from todo_observability.metrics import MetricSpec
-from todo_observability.slo import WINDOWS
+from todo_observability.ops.slo import WINDOWS
 
 if TYPE_CHECKING:
     from grafana_foundation_sdk.cog.builder import Builder
@@ -106,7 +106,7 @@ SCRAPE_LABELS = ("job", "instance", "namespace", "pod")
 
 # --- SLO recording rules: the contract with the rules generator -------------------------------
 SLO_WINDOWS = WINDOWS
-"""The windows of `slo:sli_error:ratio_rate<W>`, as `todo_observability.slo` records them."""
+"""The windows of `slo:sli_error:ratio_rate<W>`, as `todo_observability.ops.slo` records them."""
 SLI_ERROR = {
     window: MetricSpec(
         f"slo:sli_error:ratio_rate{window}",

@@ -8,7 +8,7 @@ Derived from the spans the system really emits (`python -m reference_app`, then
 
 from __future__ import annotations
 
-from todo_observability.traceflows import Flow, Step
+from todo_observability.ops.traceflows import Flow, Step
 
 __all__ = ["FLOWS", "NEXT_OCCURRENCE", "REMINDER"]
 

@@ -29,7 +29,7 @@ import yaml
 from reference_app.common import events
 from reference_app.ops.alerts import ALERTS, NAMESPACE
 from reference_app.ops.slos import SLOS
-from todo_observability.slo import (
+from todo_observability.ops.slo import (
     SLO,
     Events,
     Latency,

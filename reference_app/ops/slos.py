@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reference_app.common import events, metrics
-from todo_observability.slo import SLO, Events, service_slos
+from todo_observability.ops.slo import SLO, Events, service_slos
 
 SERVICES = (events.FRONTEND, events.BACKEND, events.RECURRING, events.NOTIFICATIONS)
 """The four services, by Prometheus job (the Kubernetes Service, named after the app id)."""

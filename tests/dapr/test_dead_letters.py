@@ -24,7 +24,7 @@ from todo_observability.dapr import (
     SqlDeadLetterStore,
     Subscriptions,
 )
-from todo_observability.dlq import FailureNote
+from todo_observability.dapr.dead_letters import FailureNote
 from todo_observability.testing import metric_value
 
 pytestmark = pytest.mark.anyio

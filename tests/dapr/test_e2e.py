@@ -24,8 +24,8 @@ import httpx
 import pytest
 
 from tests.helpers import eventually, free_port
-from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
+from todo_observability.ops.spans import load_spans
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

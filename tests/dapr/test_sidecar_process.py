@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.helpers import free_port, serve_app, todo_obs
-from todo_observability.cli import load_spans, main
+from todo_observability.cli import main
+from todo_observability.ops.spans import load_spans
 
 from .conftest import APP_TRACEPARENT, TRACE_ID
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.reference_app.harness import ROOT, free_layout, run_system
-from todo_observability.cli import load_spans
+from todo_observability.ops.spans import load_spans
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from reference_app.common.auth import Tokens
 from tests.health.conftest import PostgresCluster, postgres_cluster
 from tests.helpers import eventually
 from tests.reference_app.harness import running_system
-from todo_observability.cli import load_spans
 from todo_observability.cli import main as todo_obs
+from todo_observability.ops.spans import load_spans
 
 pytestmark = pytest.mark.slow
 

@@ -6,14 +6,7 @@ Needs no Dapr package: the SDK speaks the sidecar's HTTP API. Users of the
 
 from todo_observability.dapr.client import DaprClient, DaprError, sidecar_endpoint
 from todo_observability.dapr.cloudevents import MalformedEvent
-from todo_observability.dapr.idempotency import (
-    Claim,
-    DaprStateIdempotencyStore,
-    IdempotencyStore,
-    InMemoryIdempotencyStore,
-)
-from todo_observability.dapr.subscriptions import Job, Message, Subscriptions
-from todo_observability.dlq import (
+from todo_observability.dapr.dead_letters import (
     DaprStateDeadLetterStore,
     DeadLetters,
     DeadLetterStore,
@@ -24,6 +17,13 @@ from todo_observability.dlq import (
     Retry,
     SqlDeadLetterStore,
 )
+from todo_observability.dapr.idempotency import (
+    Claim,
+    DaprStateIdempotencyStore,
+    IdempotencyStore,
+    InMemoryIdempotencyStore,
+)
+from todo_observability.dapr.subscriptions import Job, Message, Subscriptions
 
 __all__ = [
     "Claim",

@@ -6,30 +6,16 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route as _StarletteRoute
 
 from todo_observability.config import PROD_ENVIRONMENTS
+from todo_observability.dapr._route import Route
 from todo_observability.dapr.client import DaprError
-from todo_observability.dlq import NotReplayable, ParkedMessage
+from todo_observability.dapr.dead_letters import NotReplayable, ParkedMessage
 
 if TYPE_CHECKING:
     from starlette.requests import Request
-    from starlette.types import Receive, Scope, Send
 
     from todo_observability.dapr.subscriptions import Subscriptions
-
-
-class Route(_StarletteRoute):
-    """A Starlette route that names itself in the scope, as FastAPI's own routes do.
-
-    FastAPI's router does not record a plain Starlette route in `scope["route"]`,
-    so the middleware would label its requests `<unmatched>`.
-    """
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Record this route in the scope, then serve the request."""
-        scope["route"] = self
-        await super().handle(scope, receive, send)
 
 
 def _summary(message: ParkedMessage) -> dict[str, Any]:

@@ -43,6 +43,8 @@ from todo_observability.context import (
     new_request_id,
     valid_request_id,
 )
+from todo_observability.dapr._admin import admin_routes
+from todo_observability.dapr._route import Route
 from todo_observability.dapr.client import JOB_CONTEXT_KEY, DaprClient, job_type_of
 from todo_observability.dapr.cloudevents import (
     MalformedEvent,
@@ -51,8 +53,7 @@ from todo_observability.dapr.cloudevents import (
     parse_event,
     parse_time,
 )
-from todo_observability.dapr.idempotency import Claim, IdempotencyStore, InMemoryIdempotencyStore
-from todo_observability.dlq import (
+from todo_observability.dapr.dead_letters import (
     REPLAYS_HEADER,
     DeadLetters,
     DeadLetterStore,
@@ -65,6 +66,7 @@ from todo_observability.dlq import (
     now,
     park_key,
 )
+from todo_observability.dapr.idempotency import Claim, IdempotencyStore, InMemoryIdempotencyStore
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.logs import TRUSTED_CONTEXT_ATTR, emit_trusted
 from todo_observability.metrics import (
@@ -453,8 +455,6 @@ class Subscriptions:
         of this app subscribes to, unless `dead_letters_elsewhere=True` says
         another service does.
         """
-        from todo_observability.dapr._admin import Route
-
         routes: list[Any] = [
             Route("/dapr/subscribe", _SubscribeEndpoint(self), methods=["GET"]),
             *(
@@ -464,7 +464,7 @@ class Subscriptions:
         ]
         if self._jobs:
             routes.append(Route("/job/{name:path}", _JobEndpoint(self), methods=["POST"]))
-        routes.extend(_admin_routes(self))
+        routes.extend(admin_routes(self))
         app.router.routes.extend(routes)
         self._app = app
         self._installed = True
@@ -1098,9 +1098,3 @@ class _SubscribeEndpoint(_SidecarEndpoint):
         if await self._accept(scope, receive, send) is None:
             return
         await _respond(send, 200, _dumps(self.owner.dapr_subscriptions()))
-
-
-def _admin_routes(owner: Subscriptions) -> list[Any]:
-    from todo_observability.dapr._admin import admin_routes
-
-    return admin_routes(owner)

@@ -15,7 +15,7 @@ import pytest
 from reference_app.notifications.app import DEAD_LETTER_TABLE_PREFIX
 from tests.reference_app.notifications.conftest import StartSystem, System, job_name_of, reminder
 from todo_observability.dapr import InMemoryDeadLetterStore, SqlDeadLetterStore
-from todo_observability.dlq import ParkedMessage
+from todo_observability.dapr.dead_letters import ParkedMessage
 
 pytestmark = pytest.mark.anyio
 

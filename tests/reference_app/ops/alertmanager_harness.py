@@ -29,7 +29,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from tests.helpers import LoopbackServer, eventually, free_port, reply_json
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIG = ROOT / "reference_app" / "deploy" / "monitoring" / "alertmanager" / "alertmanager.yml"
 SECRETS_DIR = "/etc/alertmanager/secrets/"
 PAGERDUTY_ROUTING_KEY = "test-routing-key-0123456789abcdef"

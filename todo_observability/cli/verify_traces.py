@@ -15,7 +15,7 @@ from todo_observability.exceptions import ConfigurationError
 if TYPE_CHECKING:
     import httpx
 
-    from todo_observability.traceflows import Flow, FlowReport
+    from todo_observability.ops.traceflows import Flow, FlowReport
 
 FLOWS_ENV = "TODO_OBS_TRACE_FLOWS"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
@@ -86,7 +86,7 @@ def parse_duration(text: str, option: str) -> float:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Check the flows against the chosen source; the exit status (0 intact, 1 not)."""
-    from todo_observability.traceflows import check_flows, load_flows
+    from todo_observability.ops.traceflows import check_flows, load_flows
 
     if not args.flows:
         raise ConfigurationError(
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _read_span_file(path: str) -> list[dict[str, Any]]:
-    from todo_observability.cli import load_spans
+    from todo_observability.ops.spans import load_spans
 
     try:
         return load_spans(Path(path))

@@ -13,9 +13,9 @@ import yaml
 from reference_app.ops import alerts, rules, slos, thirdparty
 from reference_app.ops.catalogue import spec_of
 from reference_app.ops.promql import selectors
-from todo_observability.slo import rule_groups
+from todo_observability.ops.slo import rule_groups
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOCS = ROOT / "docs"
 
 

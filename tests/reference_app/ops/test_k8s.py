@@ -2,7 +2,7 @@
 
 `kubectl kustomize` renders both overlays; built-in kinds are validated with kubernetes-validate
 (strict schemas of Kubernetes 1.31), Dapr kinds against the `openAPIV3Schema` of Dapr's CRDs
-(copied in `tests/ops/schemas/dapr`, made strict the way the API server's field validation
+(copied in `tests/reference_app/ops/schemas/dapr`, made strict the way the API server's field validation
 is), and prometheus-operator kinds structurally: no schema of theirs is on disk. Then what the
 manifests promise is checked against the real services: each one is built, its probes and
 `/dapr/subscribe` are asked, and its settings are read from the environment its container gets.
@@ -40,7 +40,7 @@ from tests.helpers import free_port
 from todo_observability.config import resolve_settings
 from todo_observability.logs import JsonFormatter
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 K8S = ROOT / "reference_app" / "deploy" / "k8s"
 FLUENT_BIT = K8S / "base" / "monitoring" / "fluent-bit"
 DAPR_SCHEMAS = Path(__file__).parent / "schemas" / "dapr"
@@ -112,7 +112,7 @@ def _rendered(overlay: str) -> tuple[Resource, ...]:
     if kubectl is None:
         pytest.fail(
             "kubectl is not on PATH: install kubectl (kustomize is built into it), then "
-            "rerun `pytest tests/ops`."
+            "rerun `pytest tests/reference_app/ops`."
         )
     result = subprocess.run(
         [kubectl, "kustomize", str(K8S / "overlays" / overlay)],

@@ -1,4 +1,4 @@
-"""`todo_observability.slo`: SLOs and alerts validated, and the Prometheus rules they become."""
+"""`todo_observability.ops.slo`: SLOs and alerts validated, and the Prometheus rules they become."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from examples import slo_rules
 from todo_observability.exceptions import ConfigurationError
-from todo_observability.slo import (
+from todo_observability.ops.slo import (
     BURN_RATE_ALERTS,
     SLO,
     WINDOWS,

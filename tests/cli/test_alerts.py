@@ -1,6 +1,6 @@
 """`todo-obs test-alerts`: its arguments, errors and report, against a small fake Alertmanager.
 
-The routing itself is proven against the real Alertmanager in tests/ops/test_alertmanager.py.
+The routing itself is proven against the real Alertmanager in tests/reference_app/ops/test_alertmanager.py.
 """
 
 from __future__ import annotations

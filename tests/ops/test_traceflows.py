@@ -21,12 +21,13 @@ import pytest
 
 from reference_app.ops.flows import FLOWS, NEXT_OCCURRENCE, REMINDER
 from tests.reference_app.harness import run_system
-from todo_observability.cli import load_spans, main
+from todo_observability.cli import main
 from todo_observability.exceptions import ConfigurationError
+from todo_observability.ops.spans import load_spans
+from todo_observability.ops.traceflows import Flow, Step, check_flows, load_flows
 from todo_observability.testing.zipkin import ZipkinEmulator
-from todo_observability.traceflows import Flow, Step, check_flows, load_flows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FLOWS_SPEC = "reference_app.ops.flows:FLOWS"
 
 pytestmark = pytest.mark.slow

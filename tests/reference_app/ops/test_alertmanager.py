@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.helpers import eventually
-from tests.ops.alertmanager_harness import (
+from tests.reference_app.ops.alertmanager_harness import (
     CONFIG,
     PAGERDUTY_ROUTING_KEY,
     REWRITTEN_FIELDS,

@@ -1,0 +1,36 @@
+"""`todo-obs trace`: a trace from a Zipkin v2 span file, as a tree."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TextIO
+
+from todo_observability.ops.spans import load_spans, render_trace_tree
+
+
+def add_parser(subcommands: Any) -> None:
+    """Register `trace` on the `todo-obs` subcommands."""
+    trace = subcommands.add_parser(
+        "trace", help="show a trace from a Zipkin v2 span file as a tree"
+    )
+    trace.add_argument("file", help="span file written by the file exporter (TODO_OBS_TRACES_FILE)")
+    trace.add_argument("--trace-id", help="the trace to show (default: the last one in the file)")
+    trace.add_argument("--all", action="store_true", help="show every trace in the file")
+    trace.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the chosen traces of the span file as trees."""
+    spans = load_spans(Path(args.file))
+    if not spans:
+        out.write(f"{args.file}: no spans\n")
+        return 1
+    trace_ids = (
+        [args.trace_id] if args.trace_id else list(dict.fromkeys(s["traceId"] for s in spans))
+    )
+    if not args.trace_id and not args.all:
+        trace_ids = trace_ids[-1:]
+    for trace_id in trace_ids:
+        out.write("\n".join(render_trace_tree(spans, trace_id)) + "\n")
+    return 0
