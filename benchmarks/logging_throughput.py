@@ -126,12 +126,12 @@ def run(rounds: int = 10, lines: int = 20000) -> LoggingResult:
     from opentelemetry import trace
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-    from todo_observability.context import RequestContext, enter_context, exit_context
+    from todo_observability.context import RequestContext, _enter_context, _exit_context
 
     chosen = formatters()
     times = [FormatterTimes(name, _backend(f)) for name, (f, _) in chosen.items()]
     span = NonRecordingSpan(SpanContext(TRACE_ID, SPAN_ID, False, TraceFlags(TraceFlags.SAMPLED)))
-    token = enter_context(RequestContext(REQUEST_ID))
+    token = _enter_context(RequestContext(REQUEST_ID))
     otel_token = otel_context.attach(trace.set_span_in_context(span))
     try:
         samples = {
@@ -156,7 +156,7 @@ def run(rounds: int = 10, lines: int = 20000) -> LoggingResult:
                 times[i].lines_per_second.append(lines / (elapsed / 1e9))
     finally:
         otel_context.detach(otel_token)
-        exit_context(token)
+        _exit_context(token)
     return LoggingResult(rounds, lines, "orjson" in sys.modules, times, samples)
 
 

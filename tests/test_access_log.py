@@ -13,7 +13,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from todo_observability._observability import Observability
-from todo_observability.logs import emit_trusted
+from todo_observability.logs import _emit_trusted
 from todo_observability.testing import LogCapture
 
 from .helpers import client
@@ -96,26 +96,26 @@ def test_direct_path_declines_when_anything_else_would_see_the_record(
 
 def check_declines() -> None:
     logger = logging.getLogger("todo_observability.access")
-    assert emit_trusted(logger, logging.INFO, "m", {}) is True
+    assert _emit_trusted(logger, logging.INFO, "m", {}) is True
     logger.addFilter(lambda record: True)
     try:
-        assert emit_trusted(logger, logging.INFO, "m", {}) is False
+        assert _emit_trusted(logger, logging.INFO, "m", {}) is False
     finally:
         logger.filters.clear()
     logger.addHandler(logging.NullHandler())
     try:
-        assert emit_trusted(logger, logging.INFO, "m", {}) is False
+        assert _emit_trusted(logger, logging.INFO, "m", {}) is False
     finally:
         logger.handlers.clear()
     ours = next(
         h for h in logging.getLogger().handlers if getattr(h, "_todo_observability_handler", False)
     )
     ours.setLevel(logging.ERROR)
-    assert emit_trusted(logger, logging.INFO, "m", {}) is False
+    assert _emit_trusted(logger, logging.INFO, "m", {}) is False
     ours.setLevel(logging.NOTSET)
     logger.propagate = False
     try:
-        assert emit_trusted(logger, logging.INFO, "m", {}) is False  # no handler at all
+        assert _emit_trusted(logger, logging.INFO, "m", {}) is False  # no handler at all
     finally:
         logger.propagate = True
 

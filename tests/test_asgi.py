@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import string
 from collections.abc import Callable
@@ -15,7 +16,13 @@ from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
-from todo_observability import bind_context, get_logger, get_request_id, set_user_id
+from todo_observability import (
+    ConfigurationError,
+    bind_context,
+    get_logger,
+    get_request_id,
+    set_user_id,
+)
 from todo_observability._observability import Observability
 from todo_observability.asgi import ObservabilityMiddleware
 from todo_observability.metrics import OVERFLOW_VALUE, UNMATCHED_ROUTE
@@ -682,9 +689,7 @@ async def test_middleware_wraps_a_bare_asgi_app_and_answers_500_itself(
     assert [span.name for span in server_spans(obs)] == ["GET", "GET"]
 
 
-async def test_non_http_scopes_pass_through_and_lifespan_shutdown_flushes(
-    make_observability: Factory,
-) -> None:
+async def test_non_http_scopes_pass_through_untouched(make_observability: Factory) -> None:
     seen: list[str] = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
@@ -712,8 +717,12 @@ async def test_non_http_scopes_pass_through_and_lifespan_shutdown_flushes(
     await middleware({"type": "websocket", "path": "/ws", "headers": []}, receive, send)
     await middleware({"type": "lifespan"}, receive, send)
     assert seen == ["websocket", "lifespan"]
-    assert flushed == [5_000]
     assert sent == [{"type": "lifespan.shutdown.complete"}]
+    # The lifespan work is the Observability's (configure(app) runs it), not the middleware's.
+    assert flushed == []
+    async with obs.lifespan():
+        assert flushed == []
+    assert flushed == [5_000]
 
 
 async def test_fastapi_native_tracing_is_turned_off_while_configured(
@@ -744,24 +753,32 @@ async def test_configure_rejects_something_that_is_not_a_starlette_app(
         make_observability(bare)
 
 
-async def test_middleware_alone_configures_itself_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
+async def test_middleware_alone_records_into_the_observability_configured_last(
+    make_observability: Factory,
 ) -> None:
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "standalone")
-    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "memory")
-    monkeypatch.setenv("TODO_OBS_LOAD_PLUGINS", "false")
-
     async def bare(scope: Any, receive: Any, send: Any) -> None:
         await PlainTextResponse("hi")(scope, receive, send)
 
+    obs = make_observability(service_name="standalone")
     middleware = ObservabilityMiddleware(bare)
-    try:
-        async with client(middleware) as http:
-            response = await http.get("/")
-        assert response.text == "hi"
-        assert middleware.observability.settings.service_name == "standalone"
-        assert [
-            span.resource.attributes["service.name"] for span in spans(middleware.observability)
-        ] == ["standalone"]
-    finally:
-        middleware.observability.shutdown()
+    async with client(middleware) as http:
+        response = await http.get("/")
+    assert response.text == "hi"
+    assert middleware.observability is obs
+    assert [span.resource.attributes["service.name"] for span in spans(obs)] == ["standalone"]
+
+
+def test_middleware_alone_without_any_observability_says_what_to_pass() -> None:
+    async def bare(scope: Any, receive: Any, send: Any) -> None:
+        return None
+
+    with pytest.raises(
+        ConfigurationError, match=r"pass observability=configure\(service_name="
+    ) as raised:
+        ObservabilityMiddleware(bare)
+    assert raised.value.field == "observability"
+    # Nothing was configured behind the caller's back: no handler on the root logger.
+    assert not any(
+        getattr(handler, "_todo_observability_handler", False)
+        for handler in logging.getLogger().handlers
+    )

@@ -8,11 +8,13 @@ import pytest
 from todo_observability import bind_context, get_request_id, get_user_id, set_user_id
 from todo_observability.context import (
     RequestContext,
-    current_fields,
-    enter_context,
-    exit_context,
+    _enter_context,
+    _exit_context,
     new_request_id,
     valid_request_id,
+)
+from todo_observability.context import (
+    _current_fields as current_fields,
 )
 
 
@@ -76,13 +78,13 @@ def test_concurrent_tasks_do_not_share_bound_fields() -> None:
 
 def test_set_user_id_mutates_the_shared_request_context() -> None:
     ctx = RequestContext("r-1")
-    token = enter_context(ctx)
+    token = _enter_context(ctx)
     try:
         contextvars.copy_context().run(set_user_id, "u-1")  # as a thread-pool worker would
         assert ctx.user_id == "u-1"
         assert (get_request_id(), get_user_id()) == ("r-1", "u-1")
     finally:
-        exit_context(token)
+        _exit_context(token)
     assert get_request_id() is None
 
 

@@ -38,7 +38,7 @@ from opentelemetry.trace import SpanContext, SpanKind, StatusCode, TraceFlags, T
 from prometheus_client import CollectorRegistry
 
 from examples import dapr_grpc_client
-from todo_observability.context import RequestContext, enter_context, exit_context
+from todo_observability.context import RequestContext, _enter_context, _exit_context
 from todo_observability.dapr.grpc import (
     AsyncTracingClientInterceptor,
     TracingClientInterceptor,
@@ -295,11 +295,11 @@ def tracing() -> Iterator[Tracing]:
 @contextmanager
 def unit_of_work(request_id: str, user_id: str | None = None) -> Iterator[None]:
     """What the middleware does for a request: a current request id and user id."""
-    token = enter_context(RequestContext(request_id, user_id))
+    token = _enter_context(RequestContext(request_id, user_id))
     try:
         yield
     finally:
-        exit_context(token)
+        _exit_context(token)
 
 
 def ids(span: Any) -> tuple[str, str]:

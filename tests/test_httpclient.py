@@ -144,9 +144,9 @@ async def test_an_explicit_request_id_header_is_not_overwritten(
         seen.append(request)
         return httpx.Response(200)
 
-    from todo_observability.context import RequestContext, enter_context, exit_context
+    from todo_observability.context import RequestContext, _enter_context, _exit_context
 
-    token = enter_context(RequestContext("ambient"))
+    token = _enter_context(RequestContext("ambient"))
     try:
         async with httpx.AsyncClient(
             transport=AsyncInstrumentedTransport(httpx.MockTransport(record), observability=obs)
@@ -154,7 +154,7 @@ async def test_an_explicit_request_id_header_is_not_overwritten(
             await http.get("http://a/", headers={"X-Request-ID": "explicit"})
             await http.get("http://a/")
     finally:
-        exit_context(token)
+        _exit_context(token)
     assert [r.headers["x-request-id"] for r in seen] == ["explicit", "ambient"]
 
 

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from todo_observability import bind_context, get_logger
-from todo_observability.context import RequestContext, enter_context, exit_context
+from todo_observability.context import RequestContext, _enter_context, _exit_context
 from todo_observability.logs import JsonFormatter, configure_logging
 from todo_observability.redaction import REDACTED, Redactor
 
@@ -64,12 +64,12 @@ def test_timestamp_is_utc_with_milliseconds() -> None:
 
 def test_request_context_trace_and_bound_fields_are_included() -> None:
     tracer = TracerProvider().get_tracer("t")
-    token = enter_context(RequestContext("req-1", "user-2"))
+    token = _enter_context(RequestContext("req-1", "user-2"))
     try:
         with tracer.start_as_current_span("op") as span, bind_context(task_id=7, component="rrule"):
             line = render(JsonFormatter(), record(extra_field="x"))
     finally:
-        exit_context(token)
+        _exit_context(token)
     ctx = span.get_span_context()
     assert line["request_id"] == "req-1"
     assert line["user_id"] == "user-2"

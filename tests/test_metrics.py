@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from todo_observability import measured
 from todo_observability._observability import Observability
-from todo_observability.metrics import CATALOGUE, LATENCY_BUCKETS, metric_set
+from todo_observability.metrics import CATALOGUE, LATENCY_BUCKETS, _metric_set
 from todo_observability.testing import metric_value
 
 from .helpers import client
@@ -48,8 +48,8 @@ def test_catalogue_follows_prometheus_naming() -> None:
 
 def test_metric_set_is_shared_per_registry() -> None:
     registry = CollectorRegistry()
-    assert metric_set(registry) is metric_set(registry)
-    assert metric_set(CollectorRegistry()) is not metric_set(registry)
+    assert _metric_set(registry) is _metric_set(registry)
+    assert _metric_set(CollectorRegistry()) is not _metric_set(registry)
 
 
 async def test_metrics_endpoint_serves_every_catalogued_family(make_observability: Factory) -> None:
@@ -224,7 +224,7 @@ def test_multiprocess_mode_aggregates_workers(tmp_path: Path) -> None:
 def test_observations_on_a_registry_are_visible_to_its_reader(
     metrics_registry: CollectorRegistry,
 ) -> None:
-    metrics = metric_set(metrics_registry)
+    metrics = _metric_set(metrics_registry)
     counter, histogram = metrics.client_children("GET", "backend", "200")
     counter.inc()
     histogram.observe(0.2)
@@ -283,10 +283,10 @@ def test_shutdown_releases_target_info_and_the_latest_label_cap_applies(
 def test_applications_register_their_own_metrics_beside_the_catalogue() -> None:
     from prometheus_client import CollectorRegistry
 
-    from todo_observability.metrics import MetricSpec, metric_set
+    from todo_observability.metrics import MetricSpec, _metric_set
 
     registry = CollectorRegistry()
-    metrics = metric_set(registry)
+    metrics = _metric_set(registry)
     spec = MetricSpec("app_things_total", "counter", "Things done, by kind.", ("kind",))
     first = metrics.register(spec)
     assert metrics.register(spec) is first

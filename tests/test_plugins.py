@@ -149,16 +149,16 @@ def test_plugins_load_from_the_entry_point_group(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(importlib.metadata, "distributions", lambda: [Dist()])
     host = PluginHost(load_entry_points=True)
-    assert host.resolve_user_id({}) == "ep-user"
-    assert PluginHost(load_entry_points=False).resolve_user_id({}) is None
+    assert [resolve({}) for resolve in host.user_id_resolvers] == ["ep-user"]
+    assert PluginHost(load_entry_points=False).user_id_resolvers == ()
 
 
 def test_plugin_error_counter_uses_the_catalogue() -> None:
     registry = CollectorRegistry()
-    from todo_observability.metrics import PLUGIN_ERRORS, metric_set
+    from todo_observability.metrics import PLUGIN_ERRORS, _metric_set
 
     host = PluginHost(
-        [Broken()], load_entry_points=False, errors=metric_set(registry).counter(PLUGIN_ERRORS)
+        [Broken()], load_entry_points=False, errors=_metric_set(registry).counter(PLUGIN_ERRORS)
     )
     host.health_checks(Settings())
     assert (

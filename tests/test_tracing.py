@@ -17,7 +17,7 @@ from todo_observability import traced
 from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
 from todo_observability.exceptions import MissingExtraError
-from todo_observability.metrics import SPANS_DROPPED, metric_set
+from todo_observability.metrics import SPANS_DROPPED, _metric_set
 from todo_observability.testing import SpanCapture, metric_value
 from todo_observability.tracing import (
     CountingBatchSpanProcessor,
@@ -98,7 +98,7 @@ def test_file_exporter_writes_zipkin_v2_json_lines(tmp_path: Path) -> None:
         env={}, service_name="recurring", traces_exporter="file", traces_file=str(path)
     )
     provider, _ = build_tracer_provider(
-        settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+        settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
     )
     tracer = provider.get_tracer("t")
     with (
@@ -139,7 +139,7 @@ def test_guarded_exporter_backs_off_counts_and_logs_once_per_outage(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     registry = CollectorRegistry()
-    dropped = metric_set(registry).counter(SPANS_DROPPED)
+    dropped = _metric_set(registry).counter(SPANS_DROPPED)
     inner = Failing("raise")
     guarded = GuardedSpanExporter(inner, dropped)
     spans = finished(TracerProvider(), 3)
@@ -204,7 +204,7 @@ def test_a_keep_alive_connection_the_collector_closed_while_idle_loses_no_span()
         registry = CollectorRegistry()
         guarded = GuardedSpanExporter(
             ZipkinExporter(endpoint=f"{collector.url}/api/v2/spans", timeout=5),
-            metric_set(registry).counter(SPANS_DROPPED),
+            _metric_set(registry).counter(SPANS_DROPPED),
         )
         spans = finished(TracerProvider(), 2)
         assert guarded.export(spans[:1]) is SpanExportResult.SUCCESS
@@ -218,7 +218,7 @@ def test_a_keep_alive_connection_the_collector_closed_while_idle_loses_no_span()
 
 def test_guarded_exporter_backoff_doubles_up_to_a_cap() -> None:
     guarded = GuardedSpanExporter(
-        Failing("fail"), metric_set(CollectorRegistry()).counter(SPANS_DROPPED), max_backoff=4
+        Failing("fail"), _metric_set(CollectorRegistry()).counter(SPANS_DROPPED), max_backoff=4
     )
     backoffs = []
     for _ in range(5):
@@ -231,7 +231,7 @@ def test_guarded_exporter_backoff_doubles_up_to_a_cap() -> None:
 def test_unreachable_zipkin_never_raises_and_drops_are_counted() -> None:
     registry = CollectorRegistry()
     settings = resolve_settings(env={}, zipkin_endpoint="http://127.0.0.1:9/api/v2/spans")
-    provider, _ = build_tracer_provider(settings, metric_set(registry).counter(SPANS_DROPPED))
+    provider, _ = build_tracer_provider(settings, _metric_set(registry).counter(SPANS_DROPPED))
     finished(provider, 5)
     assert provider.force_flush(10_000) is True
     provider.shutdown()
@@ -258,7 +258,7 @@ def test_full_queue_drops_are_counted_and_nothing_else_is_lost(
 
     processor = CountingBatchSpanProcessor(
         Stuck(),
-        metric_set(registry).counter(SPANS_DROPPED),
+        _metric_set(registry).counter(SPANS_DROPPED),
         max_queue_size=2,
         max_export_batch_size=1,
     )
@@ -280,13 +280,13 @@ def test_otlp_without_its_extra_says_how_to_install(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     settings = resolve_settings(env={}, traces_exporter="otlp")
     with pytest.raises(MissingExtraError, match=r"pip install 'todo-observability\[otlp\]'"):
-        build_tracer_provider(settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED))
+        build_tracer_provider(settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED))
 
 
 def test_console_exporter_is_available(capsys: pytest.CaptureFixture[str]) -> None:
     settings = resolve_settings(env={}, traces_exporter="console")
     provider, _ = build_tracer_provider(
-        settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+        settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
     )
     finished(provider, 1)
     provider.shutdown()
@@ -321,7 +321,7 @@ def test_otlp_exporter_posts_to_the_traces_path_of_the_endpoint() -> None:
         env={}, traces_exporter="otlp", otlp_endpoint="http://collector:4318/"
     )
     provider, _ = build_tracer_provider(
-        settings, metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+        settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
     )
     [processor] = provider._active_span_processor._span_processors
     assert isinstance(processor, CountingBatchSpanProcessor)

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 from todo_observability._version import __version__
 
 if TYPE_CHECKING:
-    from todo_observability._observability import Observability, configure
+    from todo_observability._configure import configure
+    from todo_observability._observability import Observability
     from todo_observability.asgi import ObservabilityMiddleware
     from todo_observability.context import bind_context, get_request_id, get_user_id, set_user_id
     from todo_observability.exceptions import ConfigurationError, ObservabilityError
     from todo_observability.httpclient import create_http_client
     from todo_observability.logs import get_logger
-    from todo_observability.metrics import measured
+    from todo_observability.operations import measured
     from todo_observability.tracing import traced
 
 __all__ = [
@@ -49,12 +50,12 @@ _LAZY = {
     "ObservabilityError": "todo_observability.exceptions",
     "ObservabilityMiddleware": "todo_observability.asgi",
     "bind_context": "todo_observability.context",
-    "configure": "todo_observability._observability",
+    "configure": "todo_observability._configure",
     "create_http_client": "todo_observability.httpclient",
     "get_logger": "todo_observability.logs",
     "get_request_id": "todo_observability.context",
     "get_user_id": "todo_observability.context",
-    "measured": "todo_observability.metrics",
+    "measured": "todo_observability.operations",
     "set_user_id": "todo_observability.context",
     "traced": "todo_observability.tracing",
 }

@@ -1,41 +1,41 @@
-"""`configure()` and `Observability`: one call wires logging, metrics, tracing and the middleware."""
+"""`Observability`: what `configure()` built for one service, its lifespan, and the way to undo it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import warnings
-from collections.abc import Callable, Iterable, MutableMapping
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-
-from todo_observability import logs
+from todo_observability._signals import TRACER_NAME, Signals
 from todo_observability._version import __version__
-from todo_observability.config import Settings, resolve_settings
-from todo_observability.context import push_default_observability, remove_default_observability
+from todo_observability.context import _push_default_signals, _remove_default_signals
 from todo_observability.exceptions import ConfigurationError
-from todo_observability.health.checks import event_loop_lag
+from todo_observability.health.endpoints import chain_shutdown_signals
 from todo_observability.health.engine import HealthEngine
 from todo_observability.health.model import Check
 from todo_observability.metrics import (
     PLUGIN_ERRORS,
     SPANS_DROPPED,
-    ASGIApp,
     MetricSet,
-    metric_set,
+    _metric_set,
     metrics_app,
 )
 from todo_observability.plugins import PluginHost
 from todo_observability.redaction import Redactor
-from todo_observability.tracing import TRACER_NAME, build_tracer_provider
+from todo_observability.tracing import build_tracer_provider
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import Tracer
     from prometheus_client import CollectorRegistry
+    from starlette.types import ASGIApp
 
-__all__ = ["Observability", "configure"]
+    from todo_observability import logs
+    from todo_observability.config import Settings
+
+__all__ = ["Observability"]
 
 _log = logging.getLogger("todo_observability")
 
@@ -60,6 +60,7 @@ class Observability:
         redactor: Decides which keys are sensitive (logs, span attributes, headers).
         metrics_app: The ASGI app serving `/metrics`.
         user_id_resolvers: Called in order with each request's scope until one returns a user id.
+        signals: Where this service's signals go (its name, tracer, metrics and redactor).
     """
 
     def __init__(
@@ -76,7 +77,7 @@ class Observability:
         self.settings: Settings = settings
         self.redactor: Redactor = Redactor(settings.redact_keys)
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
-        self.metrics: MetricSet = metric_set(self.registry)
+        self.metrics: MetricSet = _metric_set(self.registry)
         # Several apps may share a registry; the cap is the latest configured one.
         self.metrics.guard.max_values = settings.max_label_values
         self._target_info = {
@@ -98,6 +99,13 @@ class Observability:
             )
         self.tracer_provider: TracerProvider = tracer_provider
         self.tracer: Tracer = tracer_provider.get_tracer(TRACER_NAME, __version__)
+        self.signals: Signals = Signals(
+            settings.service_name,
+            self.tracer,
+            self.metrics,
+            self.redactor,
+            settings.request_id_header,
+        )
         self.metrics_app: ASGIApp = metrics_app(self.registry, target_info=self._target_info)
         resolvers = self.plugins.user_id_resolvers
         if user_id_resolver is not None:
@@ -114,8 +122,7 @@ class Observability:
                 )
             self.health.add(check)
         self._logging: logs.LoggingSetup | None = None
-        self._app: Any = None
-        self._restore_fastapi_tracing = False
+        self._uninstall: Callable[[], None] | None = None
         self._closed = False
 
     def _set_target_info(self) -> None:
@@ -140,14 +147,9 @@ class Observability:
         if self._closed:
             return
         self._closed = True
-        if self._app is not None:
-            app, self._app = self._app, None
-            vars(app).pop("build_middleware_stack", None)
-            if self._restore_fastapi_tracing:
-                app._telemetry["tracing"] = True
-            app.middleware_stack = None
-            if getattr(app.state, "observability", None) is self:
-                del app.state.observability
+        if self._uninstall is not None:
+            uninstall, self._uninstall = self._uninstall, None
+            uninstall()
         if self.registry.get_target_info() == self._target_info:
             self.registry.set_target_info(None)
         if self._owns_provider:
@@ -157,177 +159,54 @@ class Observability:
         if self._logging is not None:
             self._logging.undo()
             self._logging = None
-        remove_default_observability(self)
+        _remove_default_signals(self.signals)
+        if self in _configured:
+            _configured.remove(self)
 
     def flush(self, timeout_millis: int = 30_000) -> bool:
         """Export every finished span now; False if that did not finish in time."""
         return self.tracer_provider.force_flush(timeout_millis)
 
-    def _install(self, app: Any) -> None:
-        from todo_observability.asgi import ObservabilityMiddleware
+    @contextlib.asynccontextmanager
+    async def lifespan(self) -> AsyncIterator[None]:
+        """The service's run, from server start-up to shutdown; `configure(app)` enters it for you.
 
-        build = app.build_middleware_stack
+        At start-up: SIGTERM and SIGINT first flip readiness to 503 (then reach the
+        server's own handlers, which drain), and the background health refresh starts
+        (`health_refresh`). At shutdown: readiness is down, the refresh stops, the
+        signal handlers are put back and queued spans are exported, so the last
+        requests' spans are not lost. A bare ASGI server runs it around its app:
 
-        def build_middleware_stack() -> Any:
-            # Outermost, around Starlette's ServerErrorMiddleware: we see (and tag
-            # with X-Request-ID) the 500 it sends for an unhandled exception.
-            return ObservabilityMiddleware(build(), observability=self, routes_app=app)
+            async with obs.lifespan():
+                await server.serve()
+        """
+        health = self.health
+        # The server's own SIGTERM handler is in place by now (uvicorn installs it before
+        # the lifespan starts): ours runs before it.
+        restore = chain_shutdown_signals(health.begin_shutdown)
+        refresh = self.settings.health_refresh
+        try:
+            if refresh:
+                health.start_refresh(refresh)
+            yield
+        finally:
+            health.begin_shutdown()
+            try:
+                await health.stop_refresh()
+            finally:
+                restore()
+                self.flush(5_000)
 
-        app.build_middleware_stack = build_middleware_stack
-        app.middleware_stack = None
-        app.state.observability = self
-        self._app = app
-        # FastAPI's native telemetry (FastAPI(telemetry=...)) would open a second
-        # server span around ours once a global tracer provider exists. We own the
-        # server span, so its tracing goes off; its config dict is the one the
-        # constructor documents, kept on the app.
-        telemetry = getattr(app, "_telemetry", None)
-        if isinstance(telemetry, dict) and telemetry.get("tracing"):
-            telemetry["tracing"] = False
-            self._restore_fastapi_tracing = True
+
+_configured: list[Observability] = []
 
 
-def configure(
-    app: Any = None,
-    *,
-    service_name: str | None = None,
-    service_version: str | None = None,
-    environment: str | None = None,
-    resource_attributes: dict[str, str] | None = None,
-    log_level: str | int | None = None,
-    access_log: bool | None = None,
-    redact_keys: Iterable[str] | None = None,
-    sample_ratio: float | None = None,
-    traces_exporter: str | Iterable[str] | None = None,
-    zipkin_endpoint: str | None = None,
-    otlp_endpoint: str | None = None,
-    traces_file: str | None = None,
-    metrics_path: str | None = None,
-    health_path: str | None = None,
-    health_details: str | None = None,
-    health_refresh: float | None = None,
-    health_token: str | None = None,
-    health_checks: Iterable[Check] = (),
-    excluded_paths: Iterable[str] | None = None,
-    max_label_values: int | None = None,
-    request_id_header: str | None = None,
-    user_id_header: str | None = None,
-    capture_headers: Iterable[str] | None = None,
-    load_plugins: bool | None = None,
-    registry: CollectorRegistry | None = None,
-    tracer_provider: TracerProvider | None = None,
-    user_id_resolver: UserIdResolver | None = None,
-    plugins: Iterable[object] = (),
-    configure_logging: bool = True,
-    log_stream: IO[str] | None = None,
-) -> Observability:
-    """Wire JSON logs, RED metrics, tracing and the middleware in one call.
+def _active_observability() -> Observability | None:
+    """The `Observability` configured last and not shut down, if any."""
+    return _configured[-1] if _configured else None
 
-    Every setting falls back to its environment variable, then to a documented
-    default (see the configuration page). `None` means "not given".
 
-    Args:
-        app: A Starlette or FastAPI app to instrument; omit it for a worker without HTTP.
-        service_name: `OTEL_SERVICE_NAME`.
-        service_version: `TODO_OBS_SERVICE_VERSION`.
-        environment: `TODO_OBS_ENVIRONMENT`; dev keeps every trace, prod one in ten.
-        resource_attributes: `OTEL_RESOURCE_ATTRIBUTES`.
-        log_level: `TODO_OBS_LOG_LEVEL`.
-        access_log: `TODO_OBS_ACCESS_LOG`.
-        redact_keys: `TODO_OBS_REDACT_KEYS`, patterns added to the default sensitive keys.
-        sample_ratio: `OTEL_TRACES_SAMPLER_ARG`.
-        traces_exporter: `OTEL_TRACES_EXPORTER`: zipkin, otlp, console, file, memory, none.
-        zipkin_endpoint: `OTEL_EXPORTER_ZIPKIN_ENDPOINT`.
-        otlp_endpoint: `OTEL_EXPORTER_OTLP_ENDPOINT`.
-        traces_file: `TODO_OBS_TRACES_FILE`, for the file exporter.
-        metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
-        health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
-        health_details: `TODO_OBS_HEALTH_DETAILS`: `full`, or `authenticated` (errors shown only with the token).
-        health_refresh: `TODO_OBS_HEALTH_REFRESH`, seconds between background runs of the checks.
-        health_token: `TODO_OBS_HEALTH_TOKEN`, the bearer token of the `authenticated` policy.
-        health_checks: Checks to register now (more with `obs.health.add(...)`).
-        excluded_paths: `TODO_OBS_EXCLUDED_PATHS`.
-        max_label_values: `TODO_OBS_MAX_LABEL_VALUES`.
-        request_id_header: `TODO_OBS_REQUEST_ID_HEADER`.
-        user_id_header: `TODO_OBS_USER_ID_HEADER`; trusted only when set.
-        capture_headers: `TODO_OBS_CAPTURE_HEADERS`.
-        load_plugins: `TODO_OBS_LOAD_PLUGINS`.
-        registry: Prometheus registry (default: prometheus_client's global one).
-        tracer_provider: Use this provider instead of building one; it is flushed, not shut down.
-        user_id_resolver: Called with the ASGI scope; returns the user id or None.
-        plugins: Plugin objects to register besides entry points.
-        configure_logging: Route the standard library's logging through the JSON formatter.
-        log_stream: Where JSON lines go (default: standard output).
-
-    Returns:
-        The `Observability`; call its `shutdown()` when the service stops.
-
-    Raises:
-        ConfigurationError: a setting is invalid; the message says which and how to fix it.
-        TypeError: `app` is not a Starlette or FastAPI app.
-    """
-    if app is not None:
-        if not hasattr(app, "build_middleware_stack") or not hasattr(app, "state"):
-            raise TypeError(
-                f"configure(app) needs a Starlette or FastAPI app, got {type(app).__name__}. "
-                "Wrap any other ASGI app with ObservabilityMiddleware(app, observability=configure())."
-            )
-        existing = getattr(app.state, "observability", None)
-        if isinstance(existing, Observability):
-            warnings.warn(
-                "configure() was already called for this app; the second call does nothing.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return existing
-    settings = resolve_settings(
-        service_name=service_name,
-        service_version=service_version,
-        environment=environment,
-        resource_attributes=resource_attributes,
-        log_level=log_level,
-        access_log=access_log,
-        redact_keys=redact_keys,
-        sample_ratio=sample_ratio,
-        traces_exporter=traces_exporter,
-        zipkin_endpoint=zipkin_endpoint,
-        otlp_endpoint=otlp_endpoint,
-        traces_file=traces_file,
-        metrics_path=metrics_path,
-        health_path=health_path,
-        health_details=health_details,
-        health_refresh=health_refresh,
-        health_token=health_token,
-        excluded_paths=excluded_paths,
-        max_label_values=max_label_values,
-        request_id_header=request_id_header,
-        user_id_header=user_id_header,
-        capture_headers=capture_headers,
-        load_plugins=load_plugins,
-    )
-    obs = Observability(
-        settings,
-        registry=registry,
-        tracer_provider=tracer_provider,
-        user_id_resolver=user_id_resolver,
-        plugins=plugins,
-    )
-    obs.health.add(*health_checks)
-    if "event-loop" not in obs.health.checks:
-        # Liveness needs something to say: whether the event loop still runs callbacks on time.
-        obs.health.add(event_loop_lag())
-    if configure_logging:
-        obs._logging = logs.configure_logging(
-            service_name=settings.service_name,
-            level=settings.log_level,
-            redactor=obs.redactor,
-            enrichers=obs.plugins.log_enrichers,
-            stream=log_stream,
-        )
-    if obs._owns_provider and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-        # Libraries instrumented with OpenTelemetry (SQLAlchemy, ...) use the global provider.
-        trace.set_tracer_provider(obs.tracer_provider)
-    push_default_observability(obs)
-    if app is not None:
-        obs._install(app)
-    return obs
+def _register(obs: Observability) -> None:
+    """Make `obs` the process default: its signals are where code outside a unit of work records."""
+    _configured.append(obs)
+    _push_default_signals(obs.signals)

@@ -9,25 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import baggage, propagate, trace
-from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from todo_observability.config import probe_paths
-from todo_observability.context import (
-    BAGGAGE_REQUEST_ID,
-    BAGGAGE_USER_ID,
-    RequestContext,
-    enter_context,
-    exit_context,
-    new_request_id,
-    valid_request_id,
-)
-from todo_observability.health.endpoints import HealthEndpoints, chain_shutdown_signals
-from todo_observability.logs import ACCESS_LOGGER, TRUSTED_CONTEXT_ATTR, Correlation, emit_trusted
+from todo_observability._observability import Observability, _active_observability
+from todo_observability._unit import UnitOfWork, baggage_ids
+from todo_observability.config import _probe_paths
+from todo_observability.context import RequestContext, new_request_id, valid_request_id
+from todo_observability.exceptions import ConfigurationError
+from todo_observability.health.endpoints import HealthEndpoints
+from todo_observability.logs import _TRUSTED_CONTEXT_ATTR, ACCESS_LOGGER, Correlation, _emit_trusted
 from todo_observability.metrics import (
     HTTP_SERVER_IN_FLIGHT,
     OTHER_METHOD,
@@ -36,15 +29,9 @@ from todo_observability.metrics import (
 )
 
 if TYPE_CHECKING:
-    from todo_observability._observability import Observability
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ObservabilityMiddleware"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _MAX_CACHED_TEMPLATES = 1024
 
@@ -58,10 +45,16 @@ class ObservabilityMiddleware:
 
         app = ObservabilityMiddleware(app, observability=configure(service_name="api"))
 
+    It also answers `/metrics` and the health probes, whether or not their paths
+    are in `excluded_paths` (which only means: no span, metrics or access line).
+
     Args:
         app: The ASGI app to wrap.
-        observability: What to record into; `configure()` with environment settings when omitted.
+        observability: What to record into; by default the `Observability` configured last.
         routes_app: The app whose routes (and mounts) name the `route` label; defaults to `app`.
+
+    Raises:
+        ConfigurationError: `observability` is omitted and nothing is configured yet.
     """
 
     def __init__(
@@ -72,12 +65,17 @@ class ObservabilityMiddleware:
         routes_app: object | None = None,
     ):
         if observability is None:
-            from todo_observability._observability import configure
-
-            observability = configure()
+            observability = _active_observability()
+            if observability is None:
+                raise ConfigurationError(
+                    "ObservabilityMiddleware(app) needs an Observability and none is configured; "
+                    "pass observability=configure(service_name=...), or call configure() first.",
+                    field="observability",
+                )
         self.app = app
         self.observability = obs = observability
         settings = obs.settings
+        self._signals = obs.signals
         self._routes_app = app if routes_app is None else routes_app
         self._tracer = obs.tracer
         self._metrics = obs.metrics
@@ -86,16 +84,16 @@ class ObservabilityMiddleware:
         self._metrics_app = obs.metrics_app
         self._health_app = HealthEndpoints(
             obs.health,
-            probe_paths(settings.health_path),
+            _probe_paths(settings.health_path),
             service=settings.service_name,
             version=settings.service_version,
             details=settings.health_details,
             token=settings.health_token,
         )
+        self._probes = frozenset(self._health_app.paths)
         self._excluded = frozenset(settings.excluded_paths)
         self._self_observed, self._self_observed_prefixes = _self_observed_paths(self._routes_app)
         self._request_id_header = settings.request_id_header.encode("latin-1")
-        self._request_id_header_str = settings.request_id_header
         self._user_id_header = (
             settings.user_id_header.encode("latin-1") if settings.user_id_header else None
         )
@@ -118,10 +116,7 @@ class ObservabilityMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection; HTTP requests are observed, other scopes pass through."""
         if scope["type"] != "http":
-            if scope["type"] == "lifespan":
-                await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
-            else:
-                await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         path: str = scope["path"]
         if path == self._metrics_path:
@@ -163,13 +158,10 @@ class ObservabilityMiddleware:
         parent = propagate.extract(carrier) if carrier is not None else None
         request_id = valid_request_id(raw_request_id.decode("latin-1")) if raw_request_id else None
         user_id = raw_user_id.decode("latin-1") if raw_user_id else None
-        if parent is not None:
-            if request_id is None:
-                upstream = baggage.get_baggage(BAGGAGE_REQUEST_ID, parent)
-                request_id = valid_request_id(upstream) if isinstance(upstream, str) else None
-            if user_id is None:
-                upstream = baggage.get_baggage(BAGGAGE_USER_ID, parent)
-                user_id = upstream if isinstance(upstream, str) else None
+        if parent is not None and (request_id is None or user_id is None):
+            upstream_request_id, upstream_user_id = baggage_ids(parent)
+            request_id = request_id or upstream_request_id
+            user_id = user_id or upstream_user_id
         if request_id is None:
             request_id = new_request_id()
         if user_id is None:
@@ -177,120 +169,23 @@ class ObservabilityMiddleware:
                 user_id = resolve(scope)
                 if user_id is not None:
                     break
-        ctx = RequestContext(request_id, user_id, self.observability)
-        header_name = request_id_header
-        request_id_bytes = request_id.encode("latin-1")
+        ctx = RequestContext(request_id, user_id, self._signals)
+        target = self._health_app if path in self._probes else self.app
 
-        status = 500
-        response_started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-                status = message["status"]
-                # Replace any id the app set, append ours (cheaper than MutableHeaders).
-                message["headers"] = [
-                    *(h for h in message.get("headers", ()) if h[0].lower() != header_name),
-                    (header_name, request_id_bytes),
-                ]
-
-            await send(message)
-
-        token = enter_context(ctx)
         if path in self._excluded:
-            # Probes and scrapes: no span, no metrics, no access line unless they fail.
-            start = time.perf_counter()
-            target = self._health_app if path in self._health_app.paths else self.app
-            try:
-                await target(scope, receive, send_wrapper)
-            except Exception:
-                if not response_started:
-                    await _answer_500(send_wrapper)
-                raise
-            finally:
-                if status >= 400 and self._access_log:
-                    # A failing probe is news, not an application error.
-                    self._log_access(
-                        scope, "", status, start, user_agent, None, level=logging.WARNING
-                    )
-                exit_context(token)
+            # No span, no metrics, no access line unless it fails.
+            with _Unobserved(self, ctx, scope, send, user_agent) as unit:
+                await _serve(target, scope, receive, unit)
             return
 
         method: str = scope["method"]
         if method not in STANDARD_METHODS:
             method = OTHER_METHOD
-        span = self._tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
-        recording = span.is_recording()
-        if recording:
-            for enrich in self._span_enrichers:
-                enrich(span, scope)
-        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        in_flight = self._in_flight
-        in_flight.inc()
-        start = time.perf_counter()
-        error: BaseException | None = None
-        try:
-            await self.app(scope, receive, send_wrapper)
-        except BaseException as exc:
-            error = exc
-            if not response_started and isinstance(exc, Exception):
-                await _answer_500(send_wrapper)
-            raise
-        finally:
-            elapsed = time.perf_counter() - start
-            in_flight.dec()
-            route = self._route_template(scope)
-            counter, histogram = self._metrics.server_children(method, route, status)
-            counter.inc()
-            span_context = span.get_span_context()
-            if span_context.trace_flags.sampled:
-                histogram.observe(elapsed, {"trace_id": f"{span_context.trace_id:032x}"})
-            else:
-                histogram.observe(elapsed)
-            if recording:
-                self._finish_span(span, scope, method, route, status, user_agent, captured, error)
-            if self._access_log:
-                correlation = (self._service_name, ctx.request_id, ctx.user_id, span_context)
-                self._log_access(
-                    scope, route, status, start, user_agent, error, elapsed, correlation=correlation
-                )
-            span.end()
-            otel_context.detach(otel_token)
-            exit_context(token)
-
-    def _lifespan_receive(self, receive: Receive) -> Receive:
-        health = self.observability.health
-        refresh = self.observability.settings.health_refresh
-        restore: list[Callable[[], None]] = []
-
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                # The server's own SIGTERM handler is in place by now: run before it.
-                restore.append(chain_shutdown_signals(health.begin_shutdown))
-                if refresh:
-                    health.start_refresh(refresh)
-            elif message["type"] == "lifespan.shutdown":
-                health.begin_shutdown()
-                await health.stop_refresh()
-                for undo in restore:
-                    undo()
-            return message
-
-        return lifespan_receive
-
-    def _lifespan_send(self, send: Send) -> Send:
-        flush = self.observability.flush
-
-        async def lifespan_send(message: Message) -> None:
-            if message["type"] == "lifespan.shutdown.complete":
-                # The server is about to exit: export what is queued, so the last
-                # requests' spans are not lost.
-                flush(5_000)
-            await send(message)
-
-        return lifespan_send
+        with _Request(self, ctx, scope, send, method, parent, user_agent, captured) as unit:
+            if unit.recording:
+                for enrich in self._span_enrichers:
+                    enrich(unit.span, scope)
+            await _serve(target, scope, receive, unit)
 
     def _finish_span(
         self,
@@ -368,7 +263,7 @@ class ObservabilityMiddleware:
             "client": client[0] if client else None,
             "user_agent": user_agent.decode("latin-1") if user_agent else None,
         }
-        if error is None and emit_trusted(
+        if error is None and _emit_trusted(
             access,
             level,
             f"{fields['method']} {fields['route']} {status}",
@@ -385,7 +280,7 @@ class ObservabilityMiddleware:
             "%s %s %s",
             (fields["method"], fields["route"], status),
             exc_info,
-            extra={TRUSTED_CONTEXT_ATTR: fields},
+            extra={_TRUSTED_CONTEXT_ATTR: fields},
         )
         access.handle(record)
 
@@ -463,6 +358,140 @@ def _self_observed_paths(app: object) -> tuple[frozenset[str], tuple[str, ...]]:
         else:
             exact.add(path)
     return frozenset(exact), tuple(prefixes)
+
+
+class _Response(UnitOfWork):
+    """A unit of work that answers HTTP: reads the status, adds the request id to the response."""
+
+    __slots__ = (
+        "_downstream",
+        "_header",
+        "_request_id",
+        "mw",
+        "scope",
+        "started",
+        "status",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        mw: ObservabilityMiddleware,
+        ctx: RequestContext,
+        scope: Scope,
+        send: Send,
+        user_agent: bytes,
+        name: str | None = None,
+        parent: Any = None,
+    ):
+        self.mw = mw
+        self.scope = scope
+        self.user_agent = user_agent
+        self.status = 500
+        self.started = False
+        self._downstream = send
+        self._header = mw._request_id_header
+        self._request_id = ctx.request_id.encode("latin-1")
+        super().__init__(
+            mw._signals,
+            ctx,
+            name,
+            parent=parent,
+            kind=SpanKind.SERVER,
+            in_flight=None if name is None else mw._in_flight,
+        )
+
+    async def send(self, message: Message) -> None:
+        """Pass `message` on; on the response start, note the status and set the request id."""
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.status = message["status"]
+            header = self._header
+            # Replace any id the app set, append ours (cheaper than MutableHeaders).
+            message["headers"] = [
+                *(h for h in message.get("headers", ()) if h[0].lower() != header),
+                (header, self._request_id),
+            ]
+        await self._downstream(message)
+
+
+class _Unobserved(_Response):
+    """An excluded path (probes, by default): the context only, and a line if it fails."""
+
+    __slots__ = ()
+
+    def record(self, elapsed: float) -> None:
+        if self.status >= 400 and self.mw._access_log:
+            # A failing probe is news, not an application error.
+            self.mw._log_access(
+                self.scope,
+                "",
+                self.status,
+                self.start,
+                self.user_agent,
+                None,
+                elapsed,
+                level=logging.WARNING,
+            )
+
+
+class _Request(_Response):
+    """An observed request: a server span, RED metrics by route template, the access line."""
+
+    __slots__ = ("captured", "method", "recording")
+
+    def __init__(
+        self,
+        mw: ObservabilityMiddleware,
+        ctx: RequestContext,
+        scope: Scope,
+        send: Send,
+        method: str,
+        parent: Any,
+        user_agent: bytes,
+        captured: dict[str, str] | None,
+    ):
+        self.method = method
+        self.captured = captured
+        super().__init__(mw, ctx, scope, send, user_agent, method, parent)
+        self.recording = self.span.is_recording()
+
+    def record(self, elapsed: float) -> None:
+        mw, scope, status, span = self.mw, self.scope, self.status, self.span
+        route = scope["path"] if scope["path"] in mw._probes else mw._route_template(scope)
+        counter, histogram = mw._metrics.server_children(self.method, route, status)
+        counter.inc()
+        span_context = span.get_span_context()
+        if span_context.trace_flags.sampled:
+            histogram.observe(elapsed, {"trace_id": f"{span_context.trace_id:032x}"})
+        else:
+            histogram.observe(elapsed)
+        if self.recording:
+            mw._finish_span(
+                span, scope, self.method, route, status, self.user_agent, self.captured, self.error
+            )
+        if mw._access_log:
+            ctx = self.context
+            mw._log_access(
+                scope,
+                route,
+                status,
+                self.start,
+                self.user_agent,
+                self.error,
+                elapsed,
+                correlation=(mw._service_name, ctx.request_id, ctx.user_id, span_context),
+            )
+
+
+async def _serve(app: ASGIApp, scope: Scope, receive: Receive, unit: _Response) -> None:
+    """Run `app` for the request; answer 500 (with the request id) if it raised before responding."""
+    try:
+        await app(scope, receive, unit.send)
+    except Exception:
+        if not unit.started:
+            await _answer_500(unit.send)
+        raise
 
 
 async def _answer_500(send: Send) -> None:

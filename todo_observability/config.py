@@ -23,20 +23,22 @@ __all__ = ["OPTIONS", "Option", "Settings", "resolve_settings"]
 
 T = TypeVar("T")
 
-DEV_ENVIRONMENTS = frozenset({"dev", "development", "local", "test"})
-"""Environments in which every trace is kept by default."""
-PROD_ENVIRONMENTS = frozenset({"prod", "production"})
-"""Environments in which one trace in ten is kept by default."""
+_PRODUCTION_ENVIRONMENTS = frozenset({"prod", "production"})
+"""Values of `environment` (in any case) that mean production: one trace in ten, closed details."""
 TRACE_EXPORTERS = frozenset({"zipkin", "otlp", "console", "file", "memory", "none"})
 PROBES = ("live", "ready", "startup")
 
 
-def probe_paths(health_path: str | None) -> dict[str, str]:
+def _probe_paths(health_path: str | None) -> dict[str, str]:
     """The path of each probe under `health_path`: `{"/health/live": "live", ...}`; none when unset."""
     if not health_path:
         return {}
     prefix = health_path.rstrip("/")
     return {f"{prefix}/{probe}": probe for probe in PROBES}
+
+
+def _is_production(environment: str) -> bool:
+    return environment.lower() in _PRODUCTION_ENVIRONMENTS
 
 
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -131,12 +133,6 @@ def _url(value: Any) -> str:
     if parsed.scheme not in {"http", "https"} or not parsed.netloc:
         raise _Invalid("an http:// or https:// URL", "For example http://zipkin:9411/api/v2/spans.")
     return text
-
-
-def _optional_url(value: Any) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    return _url(value)
 
 
 def _path(value: Any) -> str | None:
@@ -448,6 +444,11 @@ class Settings:
     capture_headers: tuple[str, ...] = ()
     load_plugins: bool = True
 
+    @property
+    def production(self) -> bool:
+        """Whether `environment` names production (`prod` or `production`, in any case)."""
+        return _is_production(self.environment)
+
 
 def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, bool]:
     """Value of one option and whether it was set (by argument or environment)."""
@@ -475,7 +476,7 @@ def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, 
 
 def default_sample_ratio(environment: str) -> float:
     """The sampling ratio an environment gets when none is configured."""
-    return 0.1 if environment.lower() in PROD_ENVIRONMENTS else 1.0
+    return 0.1 if _is_production(environment) else 1.0
 
 
 def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Settings:
@@ -525,12 +526,10 @@ def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Sett
     metrics_path = values["metrics_path"] if "metrics_path" in explicit else Settings.metrics_path
     health_path = values["health_path"] if "health_path" in explicit else Settings.health_path
     if "excluded_paths" not in values:
-        values["excluded_paths"] = tuple(p for p in (metrics_path, *probe_paths(health_path)) if p)
+        values["excluded_paths"] = tuple(p for p in (metrics_path, *_probe_paths(health_path)) if p)
     if "health_details" not in values:
         environment = values.get("environment", Settings.environment)
-        values["health_details"] = (
-            "authenticated" if environment.lower() in PROD_ENVIRONMENTS else "full"
-        )
+        values["health_details"] = "authenticated" if _is_production(environment) else "full"
     settings = Settings(**values)
     if "file" in settings.traces_exporter and not settings.traces_file:
         raise ConfigurationError(

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from todo_observability._decorators import ContextDecorator
+from todo_observability._signals import Signals, fallback_signals
 
 if TYPE_CHECKING:
-    from todo_observability._observability import Observability
+    from collections.abc import Callable, Mapping
 
 __all__ = [
     "RequestContext",
@@ -53,20 +53,20 @@ class RequestContext:
     Attributes:
         request_id: The correlation id, echoed in ``X-Request-ID`` and carried in baggage.
         user_id: The authenticated user, when known.
-        observability: The `Observability` serving this unit of work, if any.
+        signals: Where this unit of work's signals go (the serving service's), if known.
     """
 
-    __slots__ = ("observability", "request_id", "user_id")
+    __slots__ = ("request_id", "signals", "user_id")
 
     def __init__(
         self,
         request_id: str,
         user_id: str | None = None,
-        observability: Observability | None = None,
+        signals: Signals | None = None,
     ):
         self.request_id = request_id
         self.user_id = user_id
-        self.observability = observability
+        self.signals = signals
 
     def __repr__(self) -> str:
         return f"RequestContext(request_id={self.request_id!r}, user_id={self.user_id!r})"
@@ -76,29 +76,36 @@ _current: ContextVar[RequestContext | None] = ContextVar("todo_observability_req
 _fields: ContextVar[Mapping[str, Any]] = ContextVar("todo_observability_fields", default=_EMPTY)
 
 current_context = _current.get
-current_fields = _fields.get
+_current_fields = _fields.get
 
 
-_default_observability: list[Observability] = []
+_default_signals: list[Signals] = []
 
 
-def active_observability() -> Observability | None:
-    """The `Observability` serving the current unit of work, else the last one configured."""
+def _current_signals(explicit: Signals | None = None) -> Signals:
+    """Where a signal recorded now goes.
+
+    `explicit` when given, else the service serving the current unit of work, else the
+    service configured last, else a default built on first use (OpenTelemetry's global
+    tracer, prometheus_client's default registry).
+    """
+    if explicit is not None:
+        return explicit
     ctx = _current.get()
-    if ctx is not None and ctx.observability is not None:
-        return ctx.observability
-    return _default_observability[-1] if _default_observability else None
+    if ctx is not None and ctx.signals is not None:
+        return ctx.signals
+    return _default_signals[-1] if _default_signals else fallback_signals()
 
 
-def push_default_observability(obs: Observability) -> None:
-    """Make `obs` the process default (used by `configure`)."""
-    _default_observability.append(obs)
+def _push_default_signals(signals: Signals) -> None:
+    """Make `signals` the default of the process (`configure` does, for each service)."""
+    _default_signals.append(signals)
 
 
-def remove_default_observability(obs: Observability) -> None:
-    """Forget `obs` as a default (used by `Observability.shutdown`)."""
-    if obs in _default_observability:
-        _default_observability.remove(obs)
+def _remove_default_signals(signals: Signals) -> None:
+    """Forget `signals` as a default (`Observability.shutdown` does)."""
+    if signals in _default_signals:
+        _default_signals.remove(signals)
 
 
 def new_request_id() -> str:
@@ -141,13 +148,13 @@ def set_user_id(user_id: str | None) -> None:
         ctx.user_id = user_id
 
 
-def enter_context(ctx: RequestContext) -> Token[RequestContext | None]:
+def _enter_context(ctx: RequestContext) -> Token[RequestContext | None]:
     """Make `ctx` current; reset the returned token in `finally`."""
     return _current.set(ctx)
 
 
-def exit_context(token: Token[RequestContext | None]) -> None:
-    """Undo `enter_context`."""
+def _exit_context(token: Token[RequestContext | None]) -> None:
+    """Undo `_enter_context`."""
     _current.reset(token)
 
 

@@ -8,7 +8,6 @@ metrics (`http_client_requests_total`, `http_client_request_duration_seconds`).
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -18,13 +17,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,
-    active_observability,
+    _current_signals,
     current_context,
 )
-from todo_observability.metrics import OTHER_METHOD, STANDARD_METHODS, metric_set
-from todo_observability.tracing import TRACER_NAME
+from todo_observability.metrics import OTHER_METHOD, STANDARD_METHODS
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
     from todo_observability._observability import Observability
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 
 
 def inject_correlation(
-    headers: MutableMapping[str, str], span: trace.Span, observability: Observability | None
+    headers: MutableMapping[str, str], span: trace.Span, *, request_id_header: str = "x-request-id"
 ) -> None:
     """Write `span`'s trace context, baggage with the correlation ids, and the request id header.
 
@@ -50,13 +50,8 @@ def inject_correlation(
         ctx = baggage.set_baggage(BAGGAGE_REQUEST_ID, request_ctx.request_id, ctx)
         if request_ctx.user_id is not None:
             ctx = baggage.set_baggage(BAGGAGE_USER_ID, request_ctx.user_id, ctx)
-        header = (
-            observability.settings.request_id_header
-            if observability is not None
-            else "x-request-id"
-        )
-        if header not in headers:
-            headers[header] = request_ctx.request_id
+        if request_id_header not in headers:
+            headers[request_id_header] = request_ctx.request_id
     propagate.inject(headers, context=ctx)
 
 
@@ -66,9 +61,9 @@ class _Call:
     __slots__ = ("method", "metrics", "server", "span", "start")
 
     def __init__(self, request: httpx.Request, observability: Observability | None):
-        obs = observability or active_observability()
-        tracer = obs.tracer if obs is not None else trace.get_tracer(TRACER_NAME)
-        self.metrics = obs.metrics if obs is not None else metric_set()
+        signals = _current_signals(observability.signals if observability is not None else None)
+        tracer = signals.tracer
+        self.metrics = signals.metrics
         method = request.method
         self.method = method if method in STANDARD_METHODS else OTHER_METHOD
         url = request.url
@@ -83,7 +78,7 @@ class _Call:
                     "url.full": str(url.copy_with(query=None, fragment=None)),
                 }
             )
-        inject_correlation(request.headers, span, obs)
+        inject_correlation(request.headers, span, request_id_header=signals.request_id_header)
         self.start = time.perf_counter()
 
     def finish(self, status: int | None, error: BaseException | None) -> None:

@@ -14,12 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter
 
-from todo_observability.context import current_context, current_fields
+from todo_observability.context import _current_fields, current_context
 from todo_observability.redaction import Redactor
 
 _JsonBase: type[BaseJsonFormatter]
@@ -28,24 +28,20 @@ try:  # orjson is optional; python-json-logger's orjson formatter is used when i
 except ImportError:  # pragma: no cover - exercised by the no-orjson test session
     from pythonjsonlogger.json import JsonFormatter as _JsonBase
 
-if TYPE_CHECKING:
-    from types import TracebackType
-
 __all__ = ["ACCESS_LOGGER", "JsonFormatter", "LoggingSetup", "configure_logging", "get_logger"]
 
 ACCESS_LOGGER = "todo_observability.access"
 """The logger that writes one line per HTTP request."""
-TRUSTED_CONTEXT_ATTR = "todo_context"
+_TRUSTED_CONTEXT_ATTR = "todo_context"
 """A record attribute holding context fields that need no redaction (the SDK's own)."""
 _HANDLER_MARK = "_todo_observability_handler"
 # uvicorn adds `color_message` (the message with ANSI colours) to its records: not context.
-_SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", "color_message", TRUSTED_CONTEXT_ATTR}
+_SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", "color_message", _TRUSTED_CONTEXT_ATTR}
 _INVALID_SPAN_ID = trace.INVALID_SPAN_ID
 
 LogEnricher = Callable[[dict[str, Any]], None]
 Correlation = tuple[str, "str | None", "str | None", trace.SpanContext]
 """(service_name, request_id, user_id, span context) of a line, when the caller holds them."""
-ExcInfo = tuple[type[BaseException], BaseException, "TracebackType | None"]
 
 
 class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
@@ -109,9 +105,9 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         if correlation is None:
             ctx = current_context()
             service_name = self.service_name
-            if ctx is not None and ctx.observability is not None:
+            if ctx is not None and ctx.signals is not None:
                 # Several apps may share one process (and this handler): name the one serving.
-                service_name = ctx.observability.settings.service_name
+                service_name = ctx.signals.service_name
             correlation = (
                 service_name,
                 ctx.request_id if ctx is not None else None,
@@ -158,11 +154,11 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         return line
 
     def _context(self, record: logging.LogRecord) -> dict[str, Any]:
-        bound = current_fields()
+        bound = _current_fields()
         extra = {k: v for k, v in record.__dict__.items() if k not in _SKIP}
         merged = {**bound, **extra} if bound else extra
         context = self.redactor.redact(merged) if merged else {}
-        trusted = getattr(record, TRUSTED_CONTEXT_ATTR, None)
+        trusted = getattr(record, _TRUSTED_CONTEXT_ATTR, None)
         if trusted:
             context.update(trusted)
         return context
@@ -262,7 +258,7 @@ _NO_LOCK = contextlib.nullcontext()
 _installed: LoggingSetup | None = None
 
 
-def emit_trusted(
+def _emit_trusted(
     logger: logging.Logger,
     level: int,
     message: str,
@@ -298,10 +294,17 @@ def emit_trusted(
     )
     data["context"] = context
     line = formatter.render(data) + handler.terminator
-    with handler.lock or _NO_LOCK:
-        stream = handler.stream
-        stream.write(line)
-        stream.flush()
+    try:
+        with handler.lock or _NO_LOCK:
+            stream = handler.stream
+            stream.write(line)
+            stream.flush()
+    except Exception:  # noqa: BLE001 - as StreamHandler.emit: the handler deals with its failures
+        # A closed or broken stream (a dead log shipper): the standard library's answer,
+        # never an exception into the request that was only being logged.
+        handler.handleError(
+            logger.makeRecord(logger.name, level, "(unknown file)", 0, message, (), None)
+        )
     return True
 
 

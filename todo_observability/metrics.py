@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import weakref
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
-from todo_observability._decorators import ContextDecorator
-from todo_observability.context import active_observability
-
 if TYPE_CHECKING:
     from prometheus_client.metrics import MetricWrapperBase
+    from starlette.types import ASGIApp
 
 __all__ = [
     "CATALOGUE",
@@ -40,8 +35,6 @@ __all__ = [
     "LabelGuard",
     "MetricSet",
     "MetricSpec",
-    "measured",
-    "metric_set",
     "metrics_app",
 ]
 
@@ -331,7 +324,7 @@ class LabelGuard:
 class MetricSet:
     """The catalogue's metrics, created once in one registry.
 
-    Get it with `metric_set(registry)`: several apps in one process share a
+    Get it with `_metric_set(registry)`: several apps in one process share a
     registry's metrics instead of failing on duplicate names.
     """
 
@@ -457,7 +450,7 @@ _metric_sets: weakref.WeakKeyDictionary[CollectorRegistry, MetricSet] = weakref.
 _metric_sets_lock = threading.Lock()
 
 
-def metric_set(registry: CollectorRegistry | None = None) -> MetricSet:
+def _metric_set(registry: CollectorRegistry | None = None) -> MetricSet:
     """The `MetricSet` of `registry` (default: prometheus_client's global registry), created once."""
     registry = DEFAULT_REGISTRY if registry is None else registry
     with _metric_sets_lock:
@@ -465,9 +458,6 @@ def metric_set(registry: CollectorRegistry | None = None) -> MetricSet:
         if metrics is None:
             metrics = _metric_sets[registry] = MetricSet(registry)
         return metrics
-
-
-ASGIApp = Callable[..., Awaitable[None]]
 
 
 def metrics_app(
@@ -488,51 +478,3 @@ def metrics_app(
         if target_info:
             registry.set_target_info(target_info)
     return make_asgi_app(DEFAULT_REGISTRY if registry is None else registry)
-
-
-class measured(ContextDecorator):
-    """RED metrics for any operation: a decorator (sync or async) and a context manager.
-
-    Records `operations_total{operation, outcome}` (outcome `success`, or
-    `error` when an exception escapes) and `operation_duration_seconds{operation}`:
-
-        @measured("rrule.next_occurrence")
-        def next_occurrence(rule: str) -> datetime: ...
-
-        with measured("smtp.send"):
-            await smtp.send_message(message)
-
-    Metrics go to the registry of the `Observability` serving the current
-    request, else of the last one configured, else prometheus_client's default.
-    """
-
-    __slots__ = ("_operation", "_starts")
-
-    def __init__(self, operation: str):
-        if not operation:
-            raise ValueError("measured() needs an operation name, such as 'smtp.send'.")
-        self._operation = operation
-        self._starts: list[float] = []
-
-    def _fresh(self, func: Callable[..., Any]) -> measured:
-        return measured(self._operation)
-
-    def __enter__(self) -> None:
-        self._starts.append(time.perf_counter())
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        elapsed = time.perf_counter() - self._starts.pop()
-        _record_operation(self._operation, "error" if exc_type is not None else "success", elapsed)
-
-
-def _record_operation(operation: str, outcome: str, elapsed: float) -> None:
-    obs = active_observability()
-    metrics = obs.metrics if obs is not None else metric_set()
-    counter, histogram = metrics.operation_children(operation, outcome)
-    counter.inc()
-    histogram.observe(elapsed)

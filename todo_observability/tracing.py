@@ -13,11 +13,8 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -31,10 +28,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from todo_observability._decorators import ContextDecorator
-from todo_observability.context import active_observability
+from todo_observability.context import _current_signals
 from todo_observability.exceptions import MissingExtraError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from contextlib import AbstractContextManager
+
+    from opentelemetry import trace
     from prometheus_client import Counter
 
     from todo_observability.config import Settings
@@ -48,7 +49,6 @@ __all__ = [
 
 
 _log = logging.getLogger("todo_observability.tracing")
-TRACER_NAME = "todo_observability"
 
 
 class GuardedSpanExporter(SpanExporter):
@@ -255,16 +255,14 @@ def build_tracer_provider(
 
 
 def get_tracer() -> trace.Tracer:
-    """The tracer of the active `Observability`, else OpenTelemetry's global tracer."""
-    obs = active_observability()
-    return obs.tracer if obs is not None else trace.get_tracer(TRACER_NAME)
+    """The tracer of the service serving the current unit of work (else configured last, else global)."""
+    return _current_signals().tracer
 
 
 def _redacted(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not attributes:
         return None
-    obs = active_observability()
-    return obs.redactor.redact(attributes) if obs is not None else dict(attributes)
+    return _current_signals().redactor.redact(attributes)
 
 
 class traced(ContextDecorator):

@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from todo_observability import bind_context, set_user_id
-from todo_observability.context import RequestContext, enter_context, exit_context
+from todo_observability.context import RequestContext, _enter_context, _exit_context
 from todo_observability.dapr import DaprClient, DaprError, sidecar_endpoint
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.testing import metric_value
@@ -54,12 +54,12 @@ async def test_publish_sends_json_with_the_producer_context_in_the_cloudevent(
 ) -> None:
     obs = make_observability(service_name="backend")
     sidecar = Sidecar()
-    token = enter_context(RequestContext("req-1", "alice", obs))
+    token = _enter_context(RequestContext("req-1", "alice", obs.signals))
     try:
         async with dapr(sidecar, obs, api_token="tok") as client:
             await client.publish("pubsub", "task-events", {"task_id": 1}, event_id="e-1")
     finally:
-        exit_context(token)
+        _exit_context(token)
     [request] = sidecar.requests
     assert request.url.path == "/v1.0/publish/pubsub/task-events"
     assert request.headers["content-type"] == "application/json"
@@ -202,13 +202,13 @@ async def test_schedule_job_embeds_the_context_and_falls_back_to_the_alpha_api(
 ) -> None:
     obs = make_observability()
     sidecar = Sidecar({"/v1.0/jobs": lambda r: httpx.Response(404, text="404 page not found")})
-    token = enter_context(RequestContext("req-9", "bob", obs))
+    token = _enter_context(RequestContext("req-9", "bob", obs.signals))
     try:
         async with dapr(sidecar, obs) as client:
             await client.schedule_job("reminder-42", data={"task": 42}, due_time="10s")
             await client.schedule_job("reminder-43", data={"task": 43}, due_time="10s")
     finally:
-        exit_context(token)
+        _exit_context(token)
     stable, alpha, alpha_again = sidecar.requests
     assert stable.url.path == "/v1.0/jobs/reminder-42"
     assert alpha.url.path == "/v1.0-alpha1/jobs/reminder-42"

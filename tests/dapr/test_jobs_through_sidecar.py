@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 
 from todo_observability import get_request_id, get_user_id
-from todo_observability.context import RequestContext, enter_context, exit_context
+from todo_observability.context import RequestContext, _enter_context, _exit_context
 from todo_observability.dapr import DaprClient, Job, Retry, Subscriptions
 from todo_observability.testing.sidecar import Sidecar
 
@@ -55,11 +55,11 @@ async def notifications(
 async def test_a_scheduled_job_triggers_with_the_scheduling_context(
     notifications: Notifications, captured_spans: Any
 ) -> None:
-    token = enter_context(RequestContext("req-5", "carol", notifications.observability))
+    token = _enter_context(RequestContext("req-5", "carol", notifications.observability.signals))
     try:
         await notifications.dapr.schedule_job("reminder-5", data={"task_id": 5}, due_time="0s")
     finally:
-        exit_context(token)
+        _exit_context(token)
     await notifications.sidecar.wait_for(lambda: bool(notifications.seen), timeout=10)
     [(job, request_id, user_id)] = notifications.seen
     assert (job.name, job.job_type, job.data) == ("reminder-5", "reminder", {"task_id": 5})

@@ -11,7 +11,7 @@ from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 
 from todo_observability import get_request_id, get_user_id
-from todo_observability.context import RequestContext, enter_context, exit_context
+from todo_observability.context import RequestContext, _enter_context, _exit_context
 from todo_observability.dapr import DaprClient, Message, Subscriptions
 from todo_observability.testing.sidecar import Sidecar
 
@@ -42,11 +42,11 @@ async def test_the_consumer_joins_the_producers_trace(
     async with sidecar:
         transport = httpx.ASGITransport(app=sidecar.asgi)
         async with DaprClient("http://127.0.0.1:3500", transport=transport) as dapr:
-            token = enter_context(RequestContext("req-77", "dave", obs))
+            token = _enter_context(RequestContext("req-77", "dave", obs.signals))
             try:
                 await dapr.publish("pubsub", "task-events", {"task_id": 1})
             finally:
-                exit_context(token)
+                _exit_context(token)
         await sidecar.idle()
 
     assert seen == [("req-77", "dave")]  # the ids travelled as baggage in the broker headers

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.health import Check, CheckResult, HealthEngine, Status
-from todo_observability.metrics import metric_set
+from todo_observability.metrics import _metric_set
 from todo_observability.testing import metric_value
 
 pytestmark = pytest.mark.anyio
@@ -206,7 +206,7 @@ async def test_metrics_and_transitions_are_recorded_once(caplog: pytest.LogCaptu
     registry = CollectorRegistry()
     clock = FakeClock()
     state = {"up": True}
-    engine = HealthEngine(metric_set(registry), clock=clock)
+    engine = HealthEngine(_metric_set(registry), clock=clock)
     engine.add(Check("db", lambda: state["up"], ttl=1))
     for up in (True, True, False, False, True):
         state["up"] = up

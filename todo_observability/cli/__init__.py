@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from todo_observability._version import __version__
 from todo_observability.cli import alerts, config, dlq, metrics, sidecar, trace, verify_traces
 from todo_observability.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["main"]
 

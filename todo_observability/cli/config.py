@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from todo_observability.config import OPTIONS, resolve_settings
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def add_parser(subcommands: Any) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
+    import argparse
+
     import httpx
 
 DEFAULT_SERVICE = "http://127.0.0.1:8000"

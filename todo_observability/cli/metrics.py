@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def add_parser(subcommands: Any) -> None:

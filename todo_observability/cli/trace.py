@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from todo_observability.ops.spans import load_spans, render_trace_tree
+
+if TYPE_CHECKING:
+    import argparse
 
 
 def add_parser(subcommands: Any) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -13,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 from todo_observability.exceptions import ConfigurationError
 
 if TYPE_CHECKING:
+    import argparse
+
     import httpx
 
     from todo_observability.ops.traceflows import Flow, FlowReport

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse, Response
 
-from todo_observability.config import PROD_ENVIRONMENTS
 from todo_observability.dapr._route import Route
 from todo_observability.dapr.client import DaprError
 from todo_observability.dapr.dead_letters import NotReplayable, ParkedMessage
@@ -37,7 +36,7 @@ def _refusal(owner: Subscriptions, request: Request) -> Response | None:
     token = owner.admin_token
     if token is None:
         obs = owner._obs()
-        if obs is not None and obs.settings.environment in PROD_ENVIRONMENTS:
+        if obs is not None and obs.settings.production:
             return JSONResponse(
                 {
                     "error": "the dead-letter API is closed in prod without a token; "

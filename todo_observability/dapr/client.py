@@ -19,30 +19,31 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
 import httpx
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from todo_observability.context import active_observability, current_context
+from todo_observability._json import dumps as _dumps
+from todo_observability.context import _current_signals, current_context
 from todo_observability.exceptions import ConfigurationError, ObservabilityError
 from todo_observability.httpclient import inject_correlation
 from todo_observability.metrics import (
     JOBS_SCHEDULED,
     MESSAGING_PUBLISH_DURATION,
     MESSAGING_PUBLISHED,
-    MetricSet,
-    metric_set,
 )
-from todo_observability.tracing import TRACER_NAME
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from types import TracebackType
+
+    from opentelemetry import trace
+
     from todo_observability._observability import Observability
+    from todo_observability._signals import Signals
 
 __all__ = ["JOB_CONTEXT_KEY", "DaprClient", "DaprError", "sidecar_endpoint"]
 
@@ -50,18 +51,6 @@ JOB_CONTEXT_KEY = "todo_observability"
 """The key of job data under which `schedule_job` embeds the scheduling context."""
 UNREACHABLE = "ERR_SIDECAR_UNREACHABLE"
 """The `error_code` of a `DaprError` raised when no answer came from the sidecar."""
-
-try:
-    import orjson
-
-    def _dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
-
-except ImportError:  # pragma: no cover - orjson is optional
-    import json
-
-    def _dumps(value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class DaprError(ObservabilityError):
@@ -176,23 +165,21 @@ class DaprClient:
         """Close the connections to the sidecar."""
         await self._http.aclose()
 
-    def _obs(self) -> tuple[trace.Tracer, MetricSet, Observability | None]:
-        obs = self._observability or active_observability()
-        if obs is not None:
-            return obs.tracer, obs.metrics, obs
-        return trace.get_tracer(TRACER_NAME), metric_set(), None
+    def _signals(self) -> Signals:
+        obs = self._observability
+        return _current_signals(obs.signals if obs is not None else None)
 
     async def _send(
         self,
         operation: str,
         span: trace.Span,
-        obs: Observability | None,
+        signals: Signals,
         method: str,
         path: str,
         **kwargs: Any,
     ) -> httpx.Response:
         headers: dict[str, str] = dict(kwargs.pop("headers", None) or {})
-        inject_correlation(headers, span, obs)
+        inject_correlation(headers, span, request_id_header=signals.request_id_header)
         try:
             return await self._http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
@@ -248,7 +235,8 @@ class DaprClient:
             body, ctype = data.encode(), content_type or "text/plain"
         else:
             body, ctype = _dumps(data), content_type or "application/json"
-        tracer, metrics, obs = self._obs()
+        signals = self._signals()
+        tracer, metrics = signals.tracer, signals.metrics
         operation = f"publish {pubsub}/{topic}"
         span = tracer.start_span(f"{topic} publish", kind=SpanKind.PRODUCER, links=list(links))
         if span.is_recording():
@@ -265,7 +253,7 @@ class DaprClient:
             )
         params = {f"metadata.{key}": value for key, value in (metadata or {}).items()}
         carrier: dict[str, str] = {}
-        inject_correlation(carrier, span, obs)
+        inject_correlation(carrier, span, request_id_header=signals.request_id_header)
         if raw_payload:
             params["metadata.rawPayload"] = "true"
             params.setdefault("metadata.traceparent", carrier.get("traceparent", ""))
@@ -290,7 +278,7 @@ class DaprClient:
             response = await self._send(
                 operation,
                 span,
-                obs,
+                signals,
                 "POST",
                 f"/v1.0/publish/{pubsub}/{topic}",
                 content=body,
@@ -331,7 +319,8 @@ class DaprClient:
         if not app_id:
             raise ValueError("invoke() needs the app id of the service to call.")
         http_method = http_method.upper()
-        tracer, metrics, obs = self._obs()
+        signals = self._signals()
+        tracer, metrics = signals.tracer, signals.metrics
         path = method.lstrip("/")
         operation = f"invoke {app_id}/{path}"
         span = tracer.start_span(http_method, kind=SpanKind.CLIENT)
@@ -355,7 +344,7 @@ class DaprClient:
             response = await self._send(
                 operation,
                 span,
-                obs,
+                signals,
                 http_method,
                 f"/v1.0/invoke/{app_id}/method/{path}",
                 json=json,
@@ -428,13 +417,14 @@ class DaprClient:
                 f"schedule_job({name!r}) needs due_time= (when to trigger once) "
                 "or schedule= (cron or @every), or both."
             )
-        tracer, metrics, obs = self._obs()
+        signals = self._signals()
+        tracer, metrics = signals.tracer, signals.metrics
         job_type = job_type or job_type_of(name)
         operation = f"schedule job {name}"
         span = tracer.start_span(f"{job_type} schedule", kind=SpanKind.PRODUCER, links=list(links))
         span.set_attribute("dapr.job.name", name)
         carrier: dict[str, str] = {}
-        inject_correlation(carrier, span, obs)
+        inject_correlation(carrier, span, request_id_header=signals.request_id_header)
         request_ctx = current_context()
         embedded = {
             key: value
@@ -460,7 +450,7 @@ class DaprClient:
             body["overwrite"] = True
         outcome = "error"
         try:
-            response = await self._jobs_request(operation, span, obs, "POST", name, body)
+            response = await self._jobs_request(operation, span, signals, "POST", name, body)
             if response.status_code >= 300:
                 raise _error(operation, response)
             outcome = "success"
@@ -473,10 +463,11 @@ class DaprClient:
 
     async def get_job(self, name: str) -> dict[str, Any] | None:
         """The job `name` as the sidecar describes it, or None when there is none."""
-        tracer, _metrics, obs = self._obs()
+        signals = self._signals()
+        tracer = signals.tracer
         operation = f"get job {name}"
         with tracer.start_as_current_span("job get", kind=SpanKind.CLIENT) as span:
-            response = await self._jobs_request(operation, span, obs, "GET", name)
+            response = await self._jobs_request(operation, span, signals, "GET", name)
         if response.status_code == 404 or (
             response.status_code >= 400 and "not found" in response.text.lower()
         ):
@@ -488,10 +479,11 @@ class DaprClient:
 
     async def delete_job(self, name: str) -> None:
         """Delete the job `name`."""
-        tracer, _metrics, obs = self._obs()
+        signals = self._signals()
+        tracer = signals.tracer
         operation = f"delete job {name}"
         with tracer.start_as_current_span("job delete", kind=SpanKind.CLIENT) as span:
-            response = await self._jobs_request(operation, span, obs, "DELETE", name)
+            response = await self._jobs_request(operation, span, signals, "DELETE", name)
         if response.status_code >= 300:
             raise _error(operation, response)
 
@@ -499,7 +491,7 @@ class DaprClient:
         self,
         operation: str,
         span: trace.Span,
-        obs: Observability | None,
+        signals: Signals,
         method: str,
         name: str,
         body: Any = None,
@@ -512,7 +504,13 @@ class DaprClient:
         response: httpx.Response | None = None
         for prefix in prefixes:
             response = await self._send(
-                operation, span, obs, method, f"{prefix}/{name}", content=content, headers=headers
+                operation,
+                span,
+                signals,
+                method,
+                f"{prefix}/{name}",
+                content=content,
+                headers=headers,
             )
             # A sidecar older than 1.18 has no stable route: a 404 without daprd's error body.
             if response.status_code in (404, 405) and not _is_sidecar_error(response):
@@ -526,11 +524,12 @@ class DaprClient:
 
     async def get_state(self, store: str, key: str) -> tuple[Any, str | None]:
         """(value, etag) of `key` in the state store `store`; (None, None) when absent."""
-        tracer, _metrics, obs = self._obs()
+        signals = self._signals()
+        tracer = signals.tracer
         operation = f"get state {store}/{key}"
         with tracer.start_as_current_span("state get", kind=SpanKind.CLIENT) as span:
             response = await self._send(
-                operation, span, obs, "GET", f"/v1.0/state/{store}/{_state_key(key)}"
+                operation, span, signals, "GET", f"/v1.0/state/{store}/{_state_key(key)}"
             )
         if response.status_code == 204 or not response.content:
             return None, None
@@ -558,7 +557,8 @@ class DaprClient:
             first_write: First-write-wins concurrency (with `etag`, or for a new key).
             ttl_seconds: Expire the item after this many seconds (`metadata.ttlInSeconds`).
         """
-        tracer, _metrics, obs = self._obs()
+        signals = self._signals()
+        tracer = signals.tracer
         operation = f"save state {store}/{key}"
         item: dict[str, Any] = {"key": _state_key(key), "value": value}
         if etag is not None:
@@ -571,7 +571,7 @@ class DaprClient:
             response = await self._send(
                 operation,
                 span,
-                obs,
+                signals,
                 "POST",
                 f"/v1.0/state/{store}",
                 content=_dumps([item]),
@@ -585,14 +585,15 @@ class DaprClient:
 
     async def delete_state(self, store: str, key: str, *, etag: str | None = None) -> bool:
         """Delete `key`; False when `etag` no longer matches."""
-        tracer, _metrics, obs = self._obs()
+        signals = self._signals()
+        tracer = signals.tracer
         operation = f"delete state {store}/{key}"
         headers = {"if-match": etag} if etag is not None else None
         with tracer.start_as_current_span("state delete", kind=SpanKind.CLIENT) as span:
             response = await self._send(
                 operation,
                 span,
-                obs,
+                signals,
                 "DELETE",
                 f"/v1.0/state/{store}/{_state_key(key)}",
                 headers=headers,

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags, TraceState
 
+from todo_observability._json import DECODE_ERRORS as _JSON_ERRORS
+from todo_observability._json import loads as _loads
 from todo_observability.exceptions import ObservabilityError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from opentelemetry.context import Context
 
 __all__ = [
@@ -33,15 +35,6 @@ __all__ = [
     "parse_event",
     "parse_time",
 ]
-
-try:
-    import orjson
-
-    _loads: Any = orjson.loads
-    _JSON_ERRORS: tuple[type[Exception], ...] = (orjson.JSONDecodeError, UnicodeDecodeError)
-except ImportError:  # pragma: no cover - orjson is optional
-    _loads = json.loads
-    _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _REQUIRED = ("id", "source", "type", "specversion")

@@ -23,7 +23,6 @@ import enum
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -34,6 +33,8 @@ from todo_observability.exceptions import ObservabilityError
 from todo_observability.metrics import DEAD_LETTER_REPLAYS, DEAD_LETTERS_PARKED, MetricSet
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
     from todo_observability.dapr.client import DaprClient
 
 __all__ = [

@@ -24,7 +24,6 @@ with instrumented_dapr_client() as dapr:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -48,6 +47,8 @@ except ImportError as exc:  # pragma: no cover - grpcio comes with the dapr extr
     raise MissingExtraError(__name__, "dapr", "grpcio") from exc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from dapr.aio.clients import DaprClient as AsyncDaprClient
     from dapr.clients import DaprClient
     from opentelemetry.context import Context

@@ -25,21 +25,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
+from todo_observability._json import dumps as _dumps
+from todo_observability._json import loads as _loads
+from todo_observability._observability import Observability, _active_observability
+from todo_observability._unit import UnitOfWork, baggage_ids
 from todo_observability.context import (
-    BAGGAGE_REQUEST_ID,
-    BAGGAGE_USER_ID,
     RequestContext,
-    active_observability,
-    current_fields,
-    enter_context,
-    exit_context,
+    _current_fields,
+    _current_signals,
     new_request_id,
     valid_request_id,
 )
@@ -68,7 +67,7 @@ from todo_observability.dapr.dead_letters import (
 )
 from todo_observability.dapr.idempotency import Claim, IdempotencyStore, InMemoryIdempotencyStore
 from todo_observability.exceptions import ConfigurationError
-from todo_observability.logs import TRUSTED_CONTEXT_ATTR, emit_trusted
+from todo_observability.logs import _TRUSTED_CONTEXT_ATTR, _emit_trusted
 from todo_observability.metrics import (
     DEAD_LETTERS,
     JOB_TRIGGER_DURATION,
@@ -79,31 +78,18 @@ from todo_observability.metrics import (
     MESSAGING_PROCESS_DURATION,
     MESSAGING_PROCESSED,
     MetricSet,
-    metric_set,
 )
-from todo_observability.tracing import TRACER_NAME
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from starlette.types import Receive, Scope, Send
 
-    from todo_observability._observability import Observability
+    from todo_observability._signals import Signals
 
 __all__ = ["Job", "Message", "Subscriptions"]
 
 _log = logging.getLogger("todo_observability.messaging")
-
-try:
-    import orjson
-
-    _dumps: Callable[[Any], bytes] = orjson.dumps
-    _loads: Callable[[bytes], Any] = orjson.loads
-except ImportError:  # pragma: no cover - orjson is optional
-    import json
-
-    def _dumps(value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-    _loads = json.loads
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -443,7 +429,9 @@ class Subscriptions:
     def dead_letters(self) -> DeadLetters:
         """The park: list, replay and purge parked messages."""
         if self._dead_letters is None:
-            self._dead_letters = DeadLetters(self.dead_letter_store, self.client, self._metrics())
+            self._dead_letters = DeadLetters(
+                self.dead_letter_store, self.client, self._signals().metrics
+            )
         return self._dead_letters
 
     # -- installing ----------------------------------------------------------------------
@@ -468,7 +456,7 @@ class Subscriptions:
         app.router.routes.extend(routes)
         self._app = app
         self._installed = True
-        obs = self._obs()
+        obs = self._own_obs() or _active_observability()
         if obs is not None:
             # Every outcome series of every topic exists at 0 from the start: rate() counts the
             # first message too, and a quiet hour after a restart is not an absent metric.
@@ -489,7 +477,7 @@ class Subscriptions:
                     sub.dead_letter_topic,
                     sub.topic,
                     extra={
-                        TRUSTED_CONTEXT_ATTR: {
+                        _TRUSTED_CONTEXT_ATTR: {
                             "pubsub": sub.pubsub,
                             "topic": sub.topic,
                             "dead_letter_topic": sub.dead_letter_topic,
@@ -501,17 +489,22 @@ class Subscriptions:
 
     # -- delivering ----------------------------------------------------------------------
 
-    def _obs(self) -> Observability | None:
-        """The `Observability` to record into: given, else the app's (`configure(app)`), else the default."""
+    def _own_obs(self) -> Observability | None:
+        """The `Observability` given, else the app's (`configure(app)`)."""
         if self._observability is not None:
             return self._observability
-        state = getattr(self._app, "state", None)
-        obs: Observability | None = getattr(state, "observability", None)
-        return obs if obs is not None else active_observability()
+        obs = getattr(getattr(self._app, "state", None), "observability", None)
+        return obs if isinstance(obs, Observability) else None
 
-    def _metrics(self) -> MetricSet:
-        obs = self._obs()
-        return obs.metrics if obs is not None else metric_set()
+    def _obs(self) -> Observability | None:
+        """The `Observability` given, else the app's, else the one configured last."""
+        obs = self._own_obs()
+        return obs if obs is not None else _active_observability()
+
+    def _signals(self) -> Signals:
+        """Where deliveries record: the given or the app's service, else the current one."""
+        obs = self._own_obs()
+        return _current_signals(obs.signals if obs is not None else None)
 
     def _authorized(self, scope: Scope) -> bool:
         """Whether a request carries the `APP_API_TOKEN` (always, when none is configured)."""
@@ -527,11 +520,8 @@ class Subscriptions:
         self, sub: _Subscription, body: bytes, headers: Mapping[str, str]
     ) -> tuple[Outcome, str]:
         """Handle one delivered message; (outcome, reason)."""
-        obs = self._obs()
-        if obs is not None:
-            tracer, metrics = obs.tracer, obs.metrics
-        else:
-            tracer, metrics = trace.get_tracer(TRACER_NAME), metric_set()
+        signals = self._signals()
+        metrics = signals.metrics
         event: dict[str, Any] | None
         malformed: str | None = None
         try:
@@ -542,193 +532,102 @@ class Subscriptions:
 
         origin = extract_parent(headers, event)
         parent = origin.parent
-        request_id = user_id = None
-        if parent is not None:
-            upstream = baggage.get_baggage(BAGGAGE_REQUEST_ID, parent)
-            request_id = valid_request_id(upstream) if isinstance(upstream, str) else None
-            upstream = baggage.get_baggage(BAGGAGE_USER_ID, parent)
-            user_id = upstream if isinstance(upstream, str) else None
+        request_id, user_id = baggage_ids(parent)
         if request_id is None:
             request_id = valid_request_id(headers.get("x-request-id")) or new_request_id()
-        token = enter_context(RequestContext(request_id, user_id, obs))
-
         topic = sub.topic
         origin_topic = str(event.get("topic") or topic) if event is not None else topic
         event_id = str(event["id"]) if event is not None else ""
-        span = tracer.start_span(f"{topic} process", context=parent, kind=SpanKind.CONSUMER)
-        if span.is_recording():
-            # Built only for a recorded span: an unsampled one would discard it.
-            for link in origin.links:
-                span.add_link(link.context, link.attributes)
-            attributes: dict[str, Any] = {
-                "messaging.system": "kafka" if "__partition" in headers else "dapr",
-                "messaging.operation.type": "process",
-                "messaging.operation.name": "process",
-                "messaging.destination.name": origin_topic,
-                "messaging.destination.subscription.name": topic,
-                "messaging.dapr.pubsub": sub.pubsub,
-                "messaging.message.body.size": len(body),
-                "todo_observability.trace_parent_source": origin.source,
-            }
-            if event_id:
-                attributes["messaging.message.id"] = event_id
-                attributes["cloudevents.event_id"] = event_id
-                attributes["cloudevents.event_type"] = str(event.get("type", ""))  # type: ignore[union-attr]
-                attributes["cloudevents.event_source"] = str(event.get("source", ""))  # type: ignore[union-attr]
-            if partition := headers.get("__partition"):
-                attributes["messaging.destination.partition.id"] = partition
-            if offset := headers.get("__offset"):
-                attributes["messaging.kafka.offset"] = offset
-            if key := headers.get("__key"):
-                attributes["messaging.kafka.message.key"] = key
-            span.set_attributes(attributes)
-        otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
-        in_flight = metrics.child(MESSAGING_IN_FLIGHT, topic)
-        in_flight.inc()
-        start = time.perf_counter()
-        outcome, reason, detail, attempt, duplicate = Outcome.SUCCESS, "", "", 0, False
-        error: BaseException | None = None
-        try:
-            if malformed is not None:
-                outcome, reason, detail = Outcome.DROP, "malformed", malformed
-                if sub.parks:
-                    await self._park(sub, None, body, headers, ("malformed", malformed, 1), metrics)
-                    outcome, reason = Outcome.SUCCESS, ""
-            elif sub.parks:
-                await self._park(sub, event, body, headers, None, metrics)
-            else:
-                assert event is not None
-                key = park_key(sub.pubsub, origin_topic, event_id)
-                attempt = self._attempts.next(key)
-                span.set_attribute("todo_observability.delivery_attempt", attempt)
-                claim = await self.idempotency.claim(key) if self.idempotency else Claim.NEW
-                if claim is Claim.DONE:
-                    duplicate = True
-                    self._attempts.forget(key)
-                elif claim is Claim.BUSY:
-                    outcome, reason, detail = (
-                        Outcome.RETRY,
-                        "in_progress",
-                        "another delivery of this message is being processed",
-                    )
-                else:
-                    message = Message(
-                        event_id, origin_topic, topic, sub.pubsub, data, event, headers, attempt
-                    )
-                    try:
-                        await sub.handler(message)  # type: ignore[misc]
-                    except Exception as exc:  # noqa: BLE001 - any handler failure is an outcome, never a 500
-                        error = exc
-                        outcome, reason, detail = classify(exc, sub.drop_on)
-                        if self.idempotency:
-                            await self.idempotency.release(key)
-                        await self.dead_letter_store.note_failure(
-                            key, FailureNote(outcome.value, reason, detail, attempt, now())
-                        )
-                    else:
-                        if self.idempotency:
-                            await self.idempotency.complete(key)
-                        self._attempts.forget(key)
-                        if attempt > 1:
-                            # A redelivery succeeded: its failures are moot, and a copy
-                            # dead-lettered earlier (a duplicate that ran out of retries)
-                            # leaves the park, so nothing is both processed and parked.
-                            await self.dead_letter_store.pop_failure(key)
-                            if await self.dead_letter_store.remove(key):
-                                await self.dead_letters.refresh_gauge()
-                                span.set_attribute("todo_observability.parked_copy_resolved", True)
-        except Exception as exc:  # noqa: BLE001 - the SDK's own store failing means RETRY
-            # The SDK's own stores failed (a state store down): let the sidecar try again.
-            error = exc
-            outcome, reason, detail = Outcome.RETRY, "sdk_error", f"{type(exc).__name__}: {exc}"
-        finally:
-            elapsed = time.perf_counter() - start
-            in_flight.dec()
-            if duplicate:
-                metrics.child(MESSAGING_DUPLICATES, topic).inc()
-            else:
-                metrics.child(MESSAGING_PROCESSED, topic, outcome.value.lower()).inc()
-                metrics.child(MESSAGING_PROCESS_DURATION, topic).observe(elapsed)
-                if outcome is Outcome.SUCCESS and event is not None:
-                    published = parse_time(event.get("time"))
-                    if published is not None:
-                        latency = time.time() - published.timestamp()
-                        if latency >= 0:
-                            metrics.child(MESSAGING_END_TO_END, topic).observe(latency)
+        with _Delivery(
+            signals,
+            RequestContext(request_id, user_id, signals),
+            f"{topic} process",
+            parent=parent,
+            kind=SpanKind.CONSUMER,
+            in_flight=metrics.child(MESSAGING_IN_FLIGHT, topic),
+        ) as unit:
+            unit.subscription, unit.event, unit.event_id = sub, event, event_id
+            unit.origin_topic = origin_topic
+            span = unit.span
             if span.is_recording():
-                span.set_attribute("todo_observability.outcome", outcome.value)
-                if duplicate:
-                    span.set_attribute("todo_observability.duplicate", True)
-                if outcome is not Outcome.SUCCESS:
-                    span.set_attribute("error.type", reason)
-                    if error is not None:
-                        span.record_exception(error)
-                    span.set_status(Status(StatusCode.ERROR, f"{outcome.value}: {detail}"))
-            self._log_outcome(
-                sub,
-                event_id,
-                origin_topic,
-                outcome,
-                reason,
-                detail,
-                attempt,
-                duplicate,
-                elapsed,
-                error,
+                # Built only for a recorded span: an unsampled one would discard it.
+                for link in origin.links:
+                    span.add_link(link.context, link.attributes)
+                span.set_attributes(
+                    _delivery_attributes(sub, body, headers, event, event_id, origin_topic)
+                )
+                span.set_attribute("todo_observability.trace_parent_source", origin.source)
+            unit.result = await self._process(
+                sub, span, event, data, malformed, body, headers, origin_topic, event_id, metrics
             )
-            span.end()
-            otel_context.detach(otel_token)
-            exit_context(token)
-        return outcome, reason
+        return unit.result.outcome, unit.result.reason
 
-    def _log_outcome(
+    async def _process(
         self,
         sub: _Subscription,
-        event_id: str,
+        span: trace.Span,
+        event: dict[str, Any] | None,
+        data: Any,
+        malformed: str | None,
+        body: bytes,
+        headers: Mapping[str, str],
         origin_topic: str,
-        outcome: Outcome,
-        reason: str,
-        detail: str,
-        attempt: int,
-        duplicate: bool,
-        elapsed: float,
-        error: BaseException | None,
-    ) -> None:
-        if duplicate:
-            level, text = logging.INFO, "duplicate message acknowledged without processing"
-        elif sub.parks and outcome is Outcome.SUCCESS:
-            level, text = logging.WARNING, "dead letter parked"
-        elif outcome is Outcome.SUCCESS:
-            level, text = logging.INFO, "message processed"
-        elif outcome is Outcome.DROP:
-            level, text = logging.WARNING, f"message dropped ({reason})"
-        elif error is not None and reason == type(error).__name__:
-            level, text = logging.ERROR, f"message failed, will be retried ({reason})"
-        else:
-            level, text = logging.WARNING, f"message will be retried ({reason})"
-        if not _log.isEnabledFor(level):
-            return
-        fields: dict[str, Any] = {
-            "pubsub": sub.pubsub,
-            "topic": origin_topic,
-            "subscribed_topic": sub.topic,
-            "message_id": event_id,
-            "outcome": outcome.value,
-            "attempt": attempt,
-            "duration_ms": round(elapsed * 1000, 3),
-        }
-        if reason:
-            fields["reason"] = reason
-            fields["detail"] = detail
-        exc_info = (
-            (type(error), error, error.__traceback__)
-            if error is not None and level == logging.ERROR
-            else None
-        )
-        # The access log's direct path: no LogRecord, no findCaller, the same line.
-        if exc_info is None and not current_fields() and emit_trusted(_log, level, text, fields):
-            return
-        _log.log(level, text, exc_info=exc_info, extra={TRUSTED_CONTEXT_ATTR: fields})
+        event_id: str,
+        metrics: MetricSet,
+    ) -> _Processed:
+        """Park, or claim and run the handler; what happened, as one record."""
+        try:
+            if malformed is not None:
+                if sub.parks:
+                    await self._park(sub, None, body, headers, ("malformed", malformed, 1), metrics)
+                    return _Processed()
+                return _Processed(Outcome.DROP, "malformed", malformed)
+            assert event is not None
+            if sub.parks:
+                await self._park(sub, event, body, headers, None, metrics)
+                return _Processed()
+            key = park_key(sub.pubsub, origin_topic, event_id)
+            attempt = self._attempts.next(key)
+            span.set_attribute("todo_observability.delivery_attempt", attempt)
+            claim = await self.idempotency.claim(key) if self.idempotency else Claim.NEW
+            if claim is Claim.DONE:
+                self._attempts.forget(key)
+                return _Processed(attempt=attempt, duplicate=True)
+            if claim is Claim.BUSY:
+                return _Processed(
+                    Outcome.RETRY,
+                    "in_progress",
+                    "another delivery of this message is being processed",
+                    attempt,
+                )
+            message = Message(
+                event_id, origin_topic, sub.topic, sub.pubsub, data, event, headers, attempt
+            )
+            try:
+                await sub.handler(message)  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - any handler failure is an outcome, never a 500
+                outcome, reason, detail = classify(exc, sub.drop_on)
+                if self.idempotency:
+                    await self.idempotency.release(key)
+                await self.dead_letter_store.note_failure(
+                    key, FailureNote(outcome.value, reason, detail, attempt, now())
+                )
+                return _Processed(outcome, reason, detail, attempt, error=exc)
+            if self.idempotency:
+                await self.idempotency.complete(key)
+            self._attempts.forget(key)
+            if attempt > 1:
+                # A redelivery succeeded: its failures are moot, and a copy dead-lettered
+                # earlier (a duplicate that ran out of retries) leaves the park, so nothing
+                # is both processed and parked.
+                await self.dead_letter_store.pop_failure(key)
+                if await self.dead_letter_store.remove(key):
+                    await self.dead_letters.refresh_gauge()
+                    span.set_attribute("todo_observability.parked_copy_resolved", True)
+            return _Processed(attempt=attempt)
+        except Exception as exc:  # noqa: BLE001 - the SDK's own store failing means RETRY
+            # The SDK's own stores failed (a state store down): let the sidecar try again.
+            return _Processed(Outcome.RETRY, "sdk_error", f"{type(exc).__name__}: {exc}", error=exc)
 
     async def _park(
         self,
@@ -787,7 +686,7 @@ class Subscriptions:
                 )
                 _log.info(
                     "dead letter already processed, not parked",
-                    extra={TRUSTED_CONTEXT_ATTR: {"park_id": key, "reason": reason}},
+                    extra={_TRUSTED_CONTEXT_ATTR: {"park_id": key, "reason": reason}},
                 )
                 return
         already = await self.dead_letter_store.get(key)
@@ -853,13 +752,8 @@ class Subscriptions:
 
     async def _trigger(self, name: str, body: bytes) -> int:
         """Handle one job trigger; the HTTP status to answer (200, 404 or 500)."""
-        obs = self._obs()
-        if obs is not None:
-            tracer, metrics = obs.tracer, obs.metrics
-        else:
-            tracer, metrics = trace.get_tracer(TRACER_NAME), metric_set()
+        signals = self._signals()
         job_type = name if name in self._jobs else job_type_of(name)
-        handler = self._jobs.get(job_type)
         try:
             payload = _loads(body) if body else None
         except ValueError:
@@ -868,18 +762,12 @@ class Subscriptions:
         if (
             isinstance(payload, dict)
             and JOB_CONTEXT_KEY in payload
-            and set(payload)
-            <= {
-                "data",
-                JOB_CONTEXT_KEY,
-            }
+            and set(payload) <= {"data", JOB_CONTEXT_KEY}
         ):
             embedded = payload[JOB_CONTEXT_KEY] or {}
             payload = payload.get("data")
         links = []
         if isinstance(traceparent := embedded.get("traceparent"), str):
-            from opentelemetry import propagate
-
             carrier = {"traceparent": traceparent}
             if isinstance(state := embedded.get("tracestate"), str):
                 carrier["tracestate"] = state
@@ -888,82 +776,77 @@ class Subscriptions:
                 links.append(Link(scheduled, {"messaging.link.source": "job_schedule"}))
         request_id = valid_request_id(embedded.get("request_id")) or new_request_id()
         user_id = embedded.get("user_id") if isinstance(embedded.get("user_id"), str) else None
-        token = enter_context(RequestContext(request_id, user_id, obs))
-        span = tracer.start_span(
+        with _Trigger(
+            signals,
+            RequestContext(request_id, user_id, signals),
             f"{job_type} trigger",
-            context=otel_context.Context(),
+            # A trigger starts a trace of its own, linked to the one that scheduled it.
+            parent=otel_context.Context(),
             kind=SpanKind.CONSUMER,
             links=links,
             attributes={"dapr.job.name": name, "dapr.job.type": job_type},
-        )
-        otel_token = otel_context.attach(trace.set_span_in_context(span))
-        start = time.perf_counter()
-        attempt = self._job_attempts.next(name)
-        outcome, reason, detail, status = Outcome.SUCCESS, "", "", 200
-        error: BaseException | None = None
-        try:
-            if handler is None:
-                outcome, reason, detail, status = (
-                    Outcome.DROP,
-                    "no_handler",
-                    f"no handler for job type {job_type!r}",
-                    404,
-                )
+        ) as unit:
+            unit.name, unit.job_type = name, job_type
+            unit.result = await self._run_job(
+                name, job_type, payload, embedded, self._job_attempts.next(name), signals.metrics
+            )
+        return unit.result.status
+
+    async def _run_job(
+        self,
+        name: str,
+        job_type: str,
+        payload: Any,
+        embedded: Mapping[str, Any],
+        attempt: int,
+        metrics: MetricSet,
+    ) -> _Processed:
+        """Run the job's handler (or park a dropped trigger); what happened, as one record."""
+        handler = self._jobs.get(job_type)
+        if handler is None:
+            result = _Processed(
+                Outcome.DROP, "no_handler", f"no handler for job type {job_type!r}", attempt
+            )
+        else:
+            scheduled_at = embedded.get("scheduled_at")
+            job = Job(
+                name,
+                job_type,
+                payload,
+                attempt,
+                float(scheduled_at) if isinstance(scheduled_at, (int, float)) else None,
+            )
+            try:
+                await handler(job)  # type: ignore[misc]
+            except Exception as exc:  # noqa: BLE001 - any handler failure is an outcome, never a 500
+                outcome, reason, detail = classify(exc)
+                result = _Processed(outcome, reason, detail, attempt, error=exc)
             else:
-                scheduled_at = embedded.get("scheduled_at")
-                job = Job(
+                self._job_attempts.forget(name)
+                return _Processed(attempt=attempt)
+        if result.outcome is Outcome.DROP:
+            # Nothing is lost: a dropped trigger waits in the park for a replay.
+            try:
+                await self._park_job(
                     name,
                     job_type,
                     payload,
+                    embedded,
+                    result.reason,
+                    result.detail,
                     attempt,
-                    float(scheduled_at) if isinstance(scheduled_at, (int, float)) else None,
+                    metrics,
                 )
-                try:
-                    await handler(job)  # type: ignore[misc]
-                    self._job_attempts.forget(name)
-                except Exception as exc:  # noqa: BLE001 - any handler failure is an outcome, never a 500
-                    error = exc
-                    outcome, reason, detail = classify(exc)
-                    status = 404 if outcome is Outcome.DROP else 500
-            if outcome is Outcome.DROP:
-                # Nothing is lost: a dropped trigger waits in the park for a replay.
-                try:
-                    await self._park_job(
-                        name, job_type, payload, embedded, reason, detail, attempt, metrics
-                    )
-                    self._job_attempts.forget(name)
-                except Exception as exc:  # noqa: BLE001 - unparked, the scheduler must try again
-                    error = exc
-                    outcome, reason, status = Outcome.RETRY, "sdk_error", 500
-                    detail = f"parking the dropped job failed: {type(exc).__name__}: {exc}"
-        finally:
-            elapsed = time.perf_counter() - start
-            metrics.child(JOB_TRIGGERS, job_type, outcome.value.lower()).inc()
-            metrics.child(JOB_TRIGGER_DURATION, job_type).observe(elapsed)
-            if outcome is not Outcome.SUCCESS and span.is_recording():
-                span.set_attribute("error.type", reason)
-                if error is not None:
-                    span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{outcome.value}: {detail}"))
-            level = logging.INFO if outcome is Outcome.SUCCESS else logging.WARNING
-            if _log.isEnabledFor(level):
-                fields = {
-                    "job": name,
-                    "job_type": job_type,
-                    "outcome": outcome.value,
-                    "attempt": attempt,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    **({"reason": reason, "detail": detail} if reason else {}),
-                }
-                _log.log(
-                    level,
-                    "job done" if outcome is Outcome.SUCCESS else f"job failed ({reason})",
-                    extra={TRUSTED_CONTEXT_ATTR: fields},
+                self._job_attempts.forget(name)
+            except Exception as exc:  # noqa: BLE001 - unparked, the scheduler must try again
+                return _Processed(
+                    Outcome.RETRY,
+                    "sdk_error",
+                    f"parking the dropped job failed: {type(exc).__name__}: {exc}",
+                    attempt,
+                    error=exc,
                 )
-            span.end()
-            otel_context.detach(otel_token)
-            exit_context(token)
-        return status
+        return result
 
 
 _JOB_PARK_PREFIX = "job/"
@@ -1098,3 +981,172 @@ class _SubscribeEndpoint(_SidecarEndpoint):
         if await self._accept(scope, receive, send) is None:
             return
         await _respond(send, 200, _dumps(self.owner.dapr_subscriptions()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Processed:
+    """What happened to one message or job trigger."""
+
+    outcome: Outcome = Outcome.SUCCESS
+    reason: str = ""
+    detail: str = ""
+    attempt: int = 0
+    duplicate: bool = False
+    error: BaseException | None = None
+
+    @property
+    def status(self) -> int:
+        """The HTTP status a job trigger answers: 200 done, 404 dropped, 500 try again."""
+        if self.outcome is Outcome.SUCCESS:
+            return 200
+        return 404 if self.outcome is Outcome.DROP else 500
+
+
+_CANCELLED = _Processed(Outcome.RETRY, "cancelled", "the delivery was cancelled")
+
+
+def _mark_failure(span: trace.Span, result: _Processed) -> None:
+    span.set_attribute("error.type", result.reason)
+    if result.error is not None:
+        span.record_exception(result.error)
+    span.set_status(Status(StatusCode.ERROR, f"{result.outcome.value}: {result.detail}"))
+
+
+class _Delivery(UnitOfWork):
+    """One delivered message: messaging RED metrics, the span's outcome, one log line."""
+
+    __slots__ = ("event", "event_id", "origin_topic", "result", "subscription")
+
+    subscription: _Subscription
+    event: dict[str, Any] | None
+    event_id: str
+    origin_topic: str
+    result: _Processed
+
+    def record(self, elapsed: float) -> None:
+        result = getattr(self, "result", _CANCELLED)
+        sub, metrics, span = self.subscription, self.signals.metrics, self.span
+        topic = sub.topic
+        if result.duplicate:
+            metrics.child(MESSAGING_DUPLICATES, topic).inc()
+        else:
+            metrics.child(MESSAGING_PROCESSED, topic, result.outcome.value.lower()).inc()
+            metrics.child(MESSAGING_PROCESS_DURATION, topic).observe(elapsed)
+            if result.outcome is Outcome.SUCCESS and self.event is not None:
+                published = parse_time(self.event.get("time"))
+                if published is not None:
+                    latency = time.time() - published.timestamp()
+                    if latency >= 0:
+                        metrics.child(MESSAGING_END_TO_END, topic).observe(latency)
+        if span.is_recording():
+            span.set_attribute("todo_observability.outcome", result.outcome.value)
+            if result.duplicate:
+                span.set_attribute("todo_observability.duplicate", True)
+            if result.outcome is not Outcome.SUCCESS:
+                _mark_failure(span, result)
+        self._log(result, elapsed)
+
+    def _log(self, result: _Processed, elapsed: float) -> None:
+        outcome, reason, error = result.outcome, result.reason, result.error
+        if result.duplicate:
+            level, text = logging.INFO, "duplicate message acknowledged without processing"
+        elif self.subscription.parks and outcome is Outcome.SUCCESS:
+            level, text = logging.WARNING, "dead letter parked"
+        elif outcome is Outcome.SUCCESS:
+            level, text = logging.INFO, "message processed"
+        elif outcome is Outcome.DROP:
+            level, text = logging.WARNING, f"message dropped ({reason})"
+        elif error is not None and reason == type(error).__name__:
+            level, text = logging.ERROR, f"message failed, will be retried ({reason})"
+        else:
+            level, text = logging.WARNING, f"message will be retried ({reason})"
+        if not _log.isEnabledFor(level):
+            return
+        sub = self.subscription
+        fields: dict[str, Any] = {
+            "pubsub": sub.pubsub,
+            "topic": self.origin_topic,
+            "subscribed_topic": sub.topic,
+            "message_id": self.event_id,
+            "outcome": outcome.value,
+            "attempt": result.attempt,
+            "duration_ms": round(elapsed * 1000, 3),
+        }
+        if reason:
+            fields["reason"] = reason
+            fields["detail"] = result.detail
+        exc_info = (
+            (type(error), error, error.__traceback__)
+            if error is not None and level == logging.ERROR
+            else None
+        )
+        # The access log's direct path: no LogRecord, no findCaller, the same line.
+        if exc_info is None and not _current_fields() and _emit_trusted(_log, level, text, fields):
+            return
+        _log.log(level, text, exc_info=exc_info, extra={_TRUSTED_CONTEXT_ATTR: fields})
+
+
+class _Trigger(UnitOfWork):
+    """One job trigger: job RED metrics, the span's outcome, one log line."""
+
+    __slots__ = ("job_type", "name", "result")
+
+    name: str
+    job_type: str
+    result: _Processed
+
+    def record(self, elapsed: float) -> None:
+        result = getattr(self, "result", _CANCELLED)
+        metrics, span, job_type = self.signals.metrics, self.span, self.job_type
+        metrics.child(JOB_TRIGGERS, job_type, result.outcome.value.lower()).inc()
+        metrics.child(JOB_TRIGGER_DURATION, job_type).observe(elapsed)
+        if result.outcome is not Outcome.SUCCESS and span.is_recording():
+            _mark_failure(span, result)
+        level = logging.INFO if result.outcome is Outcome.SUCCESS else logging.WARNING
+        if _log.isEnabledFor(level):
+            fields = {
+                "job": self.name,
+                "job_type": job_type,
+                "outcome": result.outcome.value,
+                "attempt": result.attempt,
+                "duration_ms": round(elapsed * 1000, 3),
+                **({"reason": result.reason, "detail": result.detail} if result.reason else {}),
+            }
+            _log.log(
+                level,
+                "job done"
+                if result.outcome is Outcome.SUCCESS
+                else f"job failed ({result.reason})",
+                extra={_TRUSTED_CONTEXT_ATTR: fields},
+            )
+
+
+def _delivery_attributes(
+    sub: _Subscription,
+    body: bytes,
+    headers: Mapping[str, str],
+    event: dict[str, Any] | None,
+    event_id: str,
+    origin_topic: str,
+) -> dict[str, Any]:
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka" if "__partition" in headers else "dapr",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": origin_topic,
+        "messaging.destination.subscription.name": sub.topic,
+        "messaging.dapr.pubsub": sub.pubsub,
+        "messaging.message.body.size": len(body),
+    }
+    if event is not None and event_id:
+        attributes["messaging.message.id"] = event_id
+        attributes["cloudevents.event_id"] = event_id
+        attributes["cloudevents.event_type"] = str(event.get("type", ""))
+        attributes["cloudevents.event_source"] = str(event.get("source", ""))
+    if partition := headers.get("__partition"):
+        attributes["messaging.destination.partition.id"] = partition
+    if offset := headers.get("__offset"):
+        attributes["messaging.kafka.offset"] = offset
+    if key := headers.get("__key"):
+        attributes["messaging.kafka.message.key"] = key
+    return attributes

@@ -6,21 +6,19 @@ import hmac
 import os
 import signal
 import threading
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from types import FrameType
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
 if TYPE_CHECKING:
+    from types import FrameType
+
+    from starlette.types import Receive, Scope, Send
+
     from todo_observability.health.engine import GroupReport, HealthEngine
 
 __all__ = ["HealthEndpoints", "chain_shutdown_signals"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 class HealthEndpoints:

@@ -15,7 +15,6 @@ import datetime
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,6 +22,8 @@ from todo_observability.exceptions import ConfigurationError
 from todo_observability.health.model import Check, CheckResult, Status
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from todo_observability.metrics import MetricSet
 
 __all__ = ["GroupReport", "HealthEngine"]
@@ -124,10 +125,6 @@ class HealthEngine:
                     value=check.name,
                 )
             self._checks[check.name] = check
-
-    def add_all(self, checks: Iterable[Check]) -> None:
-        """Register every check of `checks`."""
-        self.add(*checks)
 
     def invalidate(self, name: str | None = None) -> None:
         """Forget the cached result of check `name` (of every check when None): the next probe runs it."""

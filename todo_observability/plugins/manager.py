@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -12,6 +11,8 @@ from todo_observability.plugins import spec
 from todo_observability.plugins.spec import ENTRY_POINT_GROUP, PROJECT
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, MutableMapping
+
     from opentelemetry.trace import Span
     from prometheus_client import Counter
 
@@ -105,14 +106,6 @@ class PluginHost:
                 plugin,
                 hook,
             )
-
-    def resolve_user_id(self, scope: MutableMapping[str, Any]) -> str | None:
-        """The first user id a plugin resolves for `scope`, or None."""
-        for resolve in self.user_id_resolvers:
-            user_id = resolve(scope)
-            if user_id is not None:
-                return user_id
-        return None
 
     def health_checks(self, settings: Settings) -> list[Any]:
         """Every health check the plugins contribute (a failing plugin contributes none)."""

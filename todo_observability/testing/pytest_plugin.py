@@ -11,7 +11,6 @@ async def test_request_is_logged(make_observability, captured_logs):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,6 +19,8 @@ from prometheus_client import CollectorRegistry
 from todo_observability.testing import LogCapture, SpanCapture
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from todo_observability._observability import Observability
 
 __all__ = ["captured_logs", "captured_spans", "make_observability", "metrics_registry"]
@@ -55,7 +56,7 @@ def make_observability(
     (in `captured_spans`), every trace kept, no entry-point plugins, and log
     lines into `captured_logs`. Keyword arguments override them.
     """
-    from todo_observability._observability import configure
+    from todo_observability._configure import configure
 
     built: list[Observability] = []
 

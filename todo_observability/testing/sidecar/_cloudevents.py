@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from todo_observability.testing.sidecar import _json
 from todo_observability.testing.sidecar._time import format_rfc3339, parse_rfc3339
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = [
     "CLOUD_EVENT_CONTENT_TYPE",

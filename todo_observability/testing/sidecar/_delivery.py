@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +44,8 @@ from todo_observability.testing.sidecar.records import (
 )
 
 if TYPE_CHECKING:
+    import logging
+
     from todo_observability.testing.sidecar.retry import RetryPolicy
     from todo_observability.testing.sidecar.subscriptions import Subscription
 

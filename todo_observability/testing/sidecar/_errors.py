@@ -7,12 +7,14 @@ when they have no legacy code the reason is the `errorCode` (the Jobs API).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import Response
 
 from todo_observability.testing.sidecar._json import Struct, dumps
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["DaprApiError"]
 

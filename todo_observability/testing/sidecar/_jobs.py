@@ -12,13 +12,12 @@ failure, anything else a failure handled by the job's failure policy (default: c
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -31,6 +30,9 @@ from todo_observability.testing.sidecar._time import (
     parse_protojson_duration,
 )
 from todo_observability.testing.sidecar.records import JobTrigger, TriggerOutcome
+
+if TYPE_CHECKING:
+    import logging
 
 __all__ = ["CronSchedule", "JobScheduler", "JobSpec", "parse_job_request", "parse_schedule"]
 

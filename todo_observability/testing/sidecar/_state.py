@@ -8,8 +8,11 @@ succeeds under last-write concurrency, and only creates under first-write.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["ETagInvalidError", "ETagMismatchError", "Operation", "StateStore"]
 

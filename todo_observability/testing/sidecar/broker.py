@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +19,8 @@ from todo_observability.exceptions import ConfigurationError
 from todo_observability.testing.sidecar import _json
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
     from todo_observability.testing.sidecar.sidecar import Sidecar
 
 __all__ = ["Broker", "Record"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from todo_observability.testing.sidecar import _json
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 __all__ = ["DeliveryAttempt", "JobTrigger", "MessageResult"]
 

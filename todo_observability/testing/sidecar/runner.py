@@ -15,7 +15,6 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,8 @@ from todo_observability.testing.sidecar.retry import RetryPolicy
 from todo_observability.testing.sidecar.sidecar import Sidecar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Sequence
+
     import uvicorn
 
 __all__ = ["SidecarSpec", "build_specs", "run_sidecars", "serve"]

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from todo_observability.testing.sidecar._cel import (
     CelError,
@@ -14,6 +13,9 @@ from todo_observability.testing.sidecar._cel import (
 )
 from todo_observability.testing.sidecar._json import is_text
 from todo_observability.testing.sidecar._strconv import parse_bool
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 __all__ = [
     "BulkSubscribe",
