@@ -17,6 +17,8 @@ from todo_observability.exceptions import ConfigurationError
 if TYPE_CHECKING:
     import httpx
 
+__all__ = ["add_parser", "run"]
+
 ALERTNAME = "TodoObsTestAlert"
 # The four cases and their labels: three by severity, and an SLO breach (routed by `category="slo"`).
 CASES: dict[str, dict[str, str]] = {

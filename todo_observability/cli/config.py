@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     import argparse
 
 
+__all__ = ["add_parser", "run"]
+
+
 def add_parser(subcommands: Any) -> None:
     """Register `config` on the `todo-obs` subcommands."""
     subcommands.add_parser(

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
     import httpx
 
+__all__ = ["add_parser", "run"]
+
 DEFAULT_SERVICE = "http://127.0.0.1:8000"
 
 

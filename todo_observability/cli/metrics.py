@@ -9,6 +9,9 @@ if TYPE_CHECKING:
     import argparse
 
 
+__all__ = ["add_parser", "run"]
+
+
 def add_parser(subcommands: Any) -> None:
     """Register `metrics` on the `todo-obs` subcommands."""
     metrics = subcommands.add_parser("metrics", help="list the metric catalogue")

@@ -8,6 +8,9 @@ if TYPE_CHECKING:
     import argparse
 
 
+__all__ = ["add_parser", "run"]
+
+
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Serve the emulated sidecars until interrupted."""
     # Imported here: the emulator pulls in Starlette, httpx and uvicorn.

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     import argparse
 
 
+__all__ = ["add_parser", "run"]
+
+
 def add_parser(subcommands: Any) -> None:
     """Register `trace` on the `todo-obs` subcommands."""
     trace = subcommands.add_parser(

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
     from todo_observability.ops.traceflows import Flow, FlowReport
 
+__all__ = ["add_parser", "run"]
+
 FLOWS_ENV = "TODO_OBS_TRACE_FLOWS"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}

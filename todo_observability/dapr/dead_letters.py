@@ -66,6 +66,11 @@ class Outcome(str, enum.Enum):
     RETRY = "RETRY"
     DROP = "DROP"
 
+    @property
+    def label(self) -> str:
+        """The value of the `outcome` label of the messaging and job metrics (`success`, ...)."""
+        return self.value.lower()
+
 
 class HandlerOutcome(ObservabilityError):
     """Base of the exceptions a handler raises to choose a non-success outcome.

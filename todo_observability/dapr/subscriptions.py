@@ -462,7 +462,7 @@ class Subscriptions:
             # first message too, and a quiet hour after a restart is not an absent metric.
             for sub in self._subscriptions:
                 for outcome in Outcome:
-                    obs.metrics.child(MESSAGING_PROCESSED, sub.topic, outcome.value.lower())
+                    obs.metrics.child(MESSAGING_PROCESSED, sub.topic, outcome.label)
         parked = {(sub.pubsub, sub.topic) for sub in self._subscriptions if sub.parks}
         for sub in self._subscriptions:
             if (
@@ -1030,7 +1030,7 @@ class _Delivery(UnitOfWork):
         if result.duplicate:
             metrics.child(MESSAGING_DUPLICATES, topic).inc()
         else:
-            metrics.child(MESSAGING_PROCESSED, topic, result.outcome.value.lower()).inc()
+            metrics.child(MESSAGING_PROCESSED, topic, result.outcome.label).inc()
             metrics.child(MESSAGING_PROCESS_DURATION, topic).observe(elapsed)
             if result.outcome is Outcome.SUCCESS and self.event is not None:
                 published = parse_time(self.event.get("time"))
@@ -1098,7 +1098,7 @@ class _Trigger(UnitOfWork):
     def record(self, elapsed: float) -> None:
         result = getattr(self, "result", _CANCELLED)
         metrics, span, job_type = self.signals.metrics, self.span, self.job_type
-        metrics.child(JOB_TRIGGERS, job_type, result.outcome.value.lower()).inc()
+        metrics.child(JOB_TRIGGERS, job_type, result.outcome.label).inc()
         metrics.child(JOB_TRIGGER_DURATION, job_type).observe(elapsed)
         if result.outcome is not Outcome.SUCCESS and span.is_recording():
             _mark_failure(span, result)
