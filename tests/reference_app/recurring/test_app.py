@@ -52,7 +52,7 @@ async def test_not_ready_while_the_sidecar_cannot_be_reached(
 
     app = create_app(
         Settings(jwt_secret=SECRET),
-        transport=httpx.MockTransport(refuse),
+        dapr_transport=httpx.MockTransport(refuse),
         registry=metrics_registry,
         traces_exporter="none",
         load_plugins=False,
