@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reference_app.backend import DEV_JWT_SECRET, Settings, create_app
+from reference_app.backend import DEV_JWT_SECRET, Settings
+from reference_app.backend.app import create_app
 from todo_observability import ConfigurationError
 from todo_observability.testing import LogCapture
 
@@ -148,7 +149,7 @@ def test_the_development_secret_is_used_with_a_warning(
     app.state.observability.shutdown()
     warnings = [
         line
-        for line in captured_logs.find(level="WARNING", logger="reference_app.backend")
+        for line in captured_logs.find(level="WARNING", logger="reference_app.backend.app")
         if "JWT_SECRET is not set" in line["message"]
     ]
     assert len(warnings) == (1 if warned else 0)
