@@ -239,5 +239,5 @@ def test_python_m_refuses_a_bad_setting_with_a_clear_message() -> None:
         timeout=60,
         check=False,
     )
-    assert finished.returncode == 1
+    assert finished.returncode == 2
     assert finished.stderr.startswith("recurring-task-service: JWT_SECRET is required")
