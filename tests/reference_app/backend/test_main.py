@@ -116,6 +116,7 @@ def test_the_module_refuses_a_bad_setting_with_one_line_and_status_2(tmp_path: P
 
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "backend: PORT='eighty' is not a port number; use a number from 1 to 65535"
+        "backend: PORT must be a port number between 1 and 65535, got 'eighty'; "
+        "set it like PORT=8001, or unset it."
     ]
     assert not (tmp_path / "data").exists()  # refused before anything was built
