@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import uvicorn
-
-from reference_app.backend import create_app
+from reference_app.backend.app import create_app
 from reference_app.backend.settings import Settings
+from reference_app.common.events import BACKEND
+from reference_app.common.startup import serve
 
 
 def main() -> None:
-    """Read the settings, build the app and serve it until SIGINT or SIGTERM."""
-    settings = Settings.from_env()
-    app = create_app(settings)
-    # log_config=None: configure() already routes uvicorn's loggers through the JSON handler.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    """Serve the app until SIGINT or SIGTERM; a bad setting exits 2 with one line on stderr."""
+    serve(BACKEND, Settings.from_env, create_app)
 
 
 if __name__ == "__main__":

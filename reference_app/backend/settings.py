@@ -9,17 +9,13 @@ from dataclasses import dataclass
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common import settings as common
 from reference_app.common.database import without_password
-from todo_observability import ConfigurationError
+from reference_app.common.settings import DEV_JWT_SECRET
 from todo_observability.dapr import sidecar_endpoint
 
-"""The development JWT secret, shared by every service when `JWT_SECRET` is unset outside prod."""
-
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/backend.db"
-PROD_ENVIRONMENTS = frozenset({"prod", "production"})
 ASYNC_DRIVERS = ("sqlite+aiosqlite", "postgresql+psycopg", "postgresql+asyncpg")
-_MIN_SECRET_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -81,121 +77,43 @@ class Settings:
                 the value and says how to fix it.
         """
         env = os.environ if env is None else env
-        environment = (env.get("TODO_OBS_ENVIRONMENT", "").strip() or "dev").lower()
+        environment = common.environment(env).lower()
         return cls(
             database_url=_database_url(env),
-            database_connect_timeout=_seconds(env, "DATABASE_CONNECT_TIMEOUT", 3.0),
-            jwt_secret=_jwt_secret(env, environment),
+            database_connect_timeout=common.seconds(env, "DATABASE_CONNECT_TIMEOUT", 3.0),
+            jwt_secret=common.jwt_secret(env, environment),
             environment=environment,
-            host=_host(env),
-            port=_port(env),
+            host=common.host(env),
+            port=common.port(env, "PORT", 8001),
             dapr_endpoint=sidecar_endpoint(env),
-            dapr_api_token=env.get("DAPR_API_TOKEN") or None,
-            dapr_timeout=_seconds(env, "DAPR_TIMEOUT_SECONDS", 5.0),
-            outbox_retry=_seconds(env, "OUTBOX_RETRY_SECONDS", 1.0),
-            outbox_max_backoff=_seconds(env, "OUTBOX_MAX_BACKOFF_SECONDS", 30.0),
-            outbox_poll=_seconds(env, "OUTBOX_POLL_SECONDS", 5.0),
-            outbox_lease=_seconds(env, "OUTBOX_LEASE_SECONDS", 30.0),
-            outbox_batch=_count(env, "OUTBOX_BATCH_SIZE", 100),
+            dapr_api_token=common.optional(env, "DAPR_API_TOKEN"),
+            dapr_timeout=common.seconds(env, "DAPR_TIMEOUT_SECONDS", 5.0),
+            outbox_retry=common.seconds(env, "OUTBOX_RETRY_SECONDS", 1.0),
+            outbox_max_backoff=common.seconds(env, "OUTBOX_MAX_BACKOFF_SECONDS", 30.0),
+            outbox_poll=common.seconds(env, "OUTBOX_POLL_SECONDS", 5.0),
+            outbox_lease=common.seconds(env, "OUTBOX_LEASE_SECONDS", 30.0),
+            outbox_batch=common.whole_number(env, "OUTBOX_BATCH_SIZE", 100),
         )
-
-
-def _error(variable: str, value: str, problem: str, fix: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{variable}={value!r} {problem}; {fix}",
-        field=variable.lower(),
-        env_var=variable,
-        value=value,
-    )
 
 
 def _database_url(env: Mapping[str, str]) -> str:
-    value = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    value = common.text(env, "DATABASE_URL", DEFAULT_DATABASE_URL)
     fix = (
         "use an async SQLAlchemy URL such as sqlite+aiosqlite:///./data/backend.db "
-        "or postgresql+psycopg://user:password@host:5432/todo"
+        "or postgresql+psycopg://user:password@host:5432/todo."
     )
     # The URL may hold a password: errors show it masked, never as given.
-    shown = without_password(value)
     try:
         url = make_url(value)
     except ArgumentError:
-        raise _error("DATABASE_URL", shown, "is not a database URL", fix) from None
+        raise common.invalid(
+            "DATABASE_URL", without_password(value), "an SQLAlchemy URL", fix
+        ) from None
     if url.drivername not in ASYNC_DRIVERS:
-        raise _error(
+        raise common.invalid(
             "DATABASE_URL",
             url.render_as_string(hide_password=True),
-            f"uses the driver {url.drivername!r}, which is not one of {', '.join(ASYNC_DRIVERS)}",
+            f"a URL with one of the drivers {', '.join(ASYNC_DRIVERS)}, not {url.drivername!r}",
             fix,
         )
     return value
-
-
-def _jwt_secret(env: Mapping[str, str], environment: str) -> str:
-    secret = env.get("JWT_SECRET", "")
-    if not secret:
-        if environment in PROD_ENVIRONMENTS:
-            raise ConfigurationError(
-                f"JWT_SECRET is required when TODO_OBS_ENVIRONMENT={environment!r}: set it to the "
-                "secret every service shares, e.g. from: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-                value="",
-            )
-        return DEV_JWT_SECRET
-    if len(secret.encode()) < _MIN_SECRET_BYTES:
-        # The value is a secret: say how long it is, never what it is.
-        raise ConfigurationError(
-            f"JWT_SECRET is {len(secret.encode())} bytes long, HS256 needs at least "
-            f"{_MIN_SECRET_BYTES}; generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-            field="jwt_secret",
-            env_var="JWT_SECRET",
-        )
-    if environment in PROD_ENVIRONMENTS and secret == DEV_JWT_SECRET:
-        raise ConfigurationError(
-            "JWT_SECRET is the public development secret, which anyone can sign tokens with: "
-            "set a secret of your own in production",
-            field="jwt_secret",
-            env_var="JWT_SECRET",
-        )
-    return secret
-
-
-def _host(env: Mapping[str, str]) -> str:
-    value = env.get("HOST", "127.0.0.1")
-    if not value.strip() or any(char.isspace() for char in value):
-        raise _error(
-            "HOST", value, "is not a host name or address", "use e.g. 127.0.0.1 or 0.0.0.0"
-        )
-    return value
-
-
-def _port(env: Mapping[str, str]) -> int:
-    value = env.get("PORT", "").strip() or "8001"
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise _error("PORT", value, "is not a port number", "use a number from 1 to 65535")
-    return int(value)
-
-
-def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
-    value = env.get(variable, "").strip()
-    if not value:
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise _error(
-            variable, value, "is not a positive number of seconds", f"use e.g. {default:g}"
-        )
-    return seconds
-
-
-def _count(env: Mapping[str, str], variable: str, default: int) -> int:
-    value = env.get(variable, "").strip() or str(default)
-    if not value.isdigit() or int(value) < 1:
-        raise _error(variable, value, "is not a positive whole number", f"use e.g. {default}")
-    return int(value)

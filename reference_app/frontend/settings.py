@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common import settings as common
 from reference_app.common.events import BACKEND
+from reference_app.common.settings import DEV_JWT_SECRET
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEFAULT_DEMO_USERS", "DEV_JWT_SECRET", "DemoUser", "Settings"]
 
-"""The JWT secret used outside production when `JWT_SECRET` is not set (a WARNING says so)."""
 DEFAULT_DEMO_USERS = "alice:alice@todo.local,bob:bob@todo.local"
-PROD_ENVIRONMENTS = frozenset({"prod", "production"})
-"""Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads them)."""
 
 _USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s,:]+@[^@\s,:]+$")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-T = TypeVar("T")
+_APP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -76,14 +71,7 @@ class Settings:
     cookie_secure: bool = False
 
     def __post_init__(self) -> None:
-        if len(self.jwt_secret.encode()) < 32:
-            raise ConfigurationError(
-                f"JWT_SECRET must be at least 32 bytes for HS256, got {len(self.jwt_secret.encode())} "
-                "byte(s); generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-                value="<redacted>",
-            )
+        common.check_jwt_secret(self.jwt_secret, self.environment)
         if not self.demo_users:
             raise ConfigurationError(
                 "DEMO_USERS names no user; give at least one as id:email, "
@@ -96,7 +84,7 @@ class Settings:
     @property
     def production(self) -> bool:
         """Whether `environment` is production."""
-        return self.environment.lower() in PROD_ENVIRONMENTS
+        return common.is_production(self.environment)
 
     @property
     def uses_dev_secret(self) -> bool:
@@ -116,121 +104,39 @@ class Settings:
                 the value and says how to fix it.
         """
         env = os.environ if env is None else env
-        environment = env.get("TODO_OBS_ENVIRONMENT", "").strip() or "dev"
-        production = environment.lower() in PROD_ENVIRONMENTS
-        secret = env.get("JWT_SECRET", "")
-        if production and not secret:
-            raise ConfigurationError(
-                f"JWT_SECRET is required when TODO_OBS_ENVIRONMENT={environment!r}: set it to the "
-                "secret every service shares (at least 32 bytes; generate one with: "
-                "python -c 'import secrets; print(secrets.token_urlsafe(32))').",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-                value="",
-            )
-        if production and secret == DEV_JWT_SECRET:
-            raise ConfigurationError(
-                "JWT_SECRET is the public development secret, which must not be used when "
-                f"TODO_OBS_ENVIRONMENT={environment!r}: set a secret of your own.",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-                value="<the development secret>",
-            )
+        environment = common.environment(env)
         return cls(
-            jwt_secret=secret or DEV_JWT_SECRET,
+            jwt_secret=common.jwt_secret(env, environment),
             environment=environment,
-            demo_users=_demo_users(env.get("DEMO_USERS", "").strip() or DEFAULT_DEMO_USERS),
-            host=_read(env, "HOST", "127.0.0.1", _host, "an interface address such as 0.0.0.0"),
-            port=_read(env, "PORT", "8000", _port, "a port number between 1 and 65535"),
+            demo_users=_demo_users(common.text(env, "DEMO_USERS", DEFAULT_DEMO_USERS)),
+            host=common.host(env),
+            port=common.port(env, "PORT", 8000),
             dapr_endpoint=sidecar_endpoint(env),
             dapr_api_token=env.get("DAPR_API_TOKEN", ""),
-            backend_app_id=_read(
-                env, "BACKEND_APP_ID", BACKEND, _app_id, "a Dapr app id such as 'backend'"
-            ),
-            backend_timeout=_read(
-                env,
-                "BACKEND_TIMEOUT_SECONDS",
-                "10",
-                _positive_float,
-                "a number of seconds greater than 0, such as 10",
-            ),
-            session_ttl_seconds=_read(
+            backend_app_id=_app_id(common.text(env, "BACKEND_APP_ID", BACKEND)),
+            backend_timeout=common.seconds(env, "BACKEND_TIMEOUT_SECONDS", 10.0),
+            session_ttl_seconds=common.whole_number(
                 env,
                 "SESSION_TTL_SECONDS",
-                str(8 * 3600),
-                _positive_int,
-                "a whole number of seconds greater than 0, such as 28800",
+                8 * 3600,
+                expected="a whole number of seconds greater than 0",
             ),
-            cookie_secure=_read(
-                env,
-                "SESSION_COOKIE_SECURE",
-                "true" if production else "false",
-                _bool,
-                "true or false",
+            # Production serves the page over HTTPS; elsewhere it is plain HTTP on loopback.
+            cookie_secure=common.flag(
+                env, "SESSION_COOKIE_SECURE", common.is_production(environment)
             ),
         )
 
 
-def _read(
-    env: Mapping[str, str],
-    name: str,
-    default: str,
-    parse: Callable[[str], T],
-    expected: str,
-) -> T:
-    raw = env.get(name, "")
-    value = raw.strip() or default
-    try:
-        return parse(value)
-    except ValueError:
-        raise ConfigurationError(
-            f"{name} must be {expected}, got {raw!r}; fix or unset it (default: {default!r}).",
-            field=name.lower(),
-            env_var=name,
-            value=raw,
-        ) from None
-
-
-def _host(value: str) -> str:
-    if any(char.isspace() for char in value):
-        raise ValueError(value)
-    return value
-
-
-def _port(value: str) -> int:
-    port = int(value)
-    if not 0 < port < 65536:
-        raise ValueError(value)
-    return port
-
-
 def _app_id(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-        raise ValueError(value)
+    if not _APP_ID.fullmatch(value):
+        raise common.invalid(
+            "BACKEND_APP_ID",
+            value,
+            "a Dapr app id (letters, digits, '.', '_', '-')",
+            f"set it like BACKEND_APP_ID={BACKEND}, or unset it.",
+        )
     return value
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0 or number == float("inf"):
-        raise ValueError(value)
-    return number
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError(value)
-    return number
-
-
-def _bool(value: str) -> bool:
-    lowered = value.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(value)
 
 
 def _demo_users(raw: str) -> tuple[DemoUser, ...]:

@@ -3,36 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
-from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common import settings as common
 from reference_app.common.database import check_async_database_url
+from reference_app.common.settings import DEV_JWT_SECRET, PROD_ENVIRONMENTS, invalid
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
 __all__ = ["DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
 
-PROD_ENVIRONMENTS = frozenset({"prod", "production"})
-"""Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads it)."""
 DLQ_DATABASE_EXAMPLES = (
     "sqlite+aiosqlite:///./data/notifications.db or postgresql+psycopg://user:pass@host/db"
 )
 """The URLs a bad `DLQ_DATABASE_URL` error suggests."""
-
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
-T = TypeVar("T")
-
-
-def _fail(env_var: str, value: object, expected: str, fix: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"{env_var} must be {expected}, got {value!r}. {fix}",
-        field=env_var.lower(),
-        env_var=env_var,
-        value=value,
-    )
 
 
 @dataclass(frozen=True)
@@ -97,36 +82,20 @@ class Settings:
     dlq_database_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.is_prod and self.jwt_secret == DEV_JWT_SECRET:
-            raise ConfigurationError(
-                f"JWT_SECRET must be set in {self.environment!r}: the development secret is "
-                "public. Generate one with: python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))' and give every service the same value.",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-            )
-        if len(self.jwt_secret.encode()) < 32:
-            raise ConfigurationError(
-                f"JWT_SECRET must be at least 32 bytes for HS256, got {len(self.jwt_secret.encode())} "
-                "bytes. Generate one with: python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))'.",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-            )
-        for env_var, port in (("PORT", self.port), ("SMTP_PORT", self.smtp_port)):
-            if not 0 < port < 65536:
-                raise _fail(env_var, port, "a port number (1-65535)", "Set it or unset it.")
+        common.check_jwt_secret(self.jwt_secret, self.environment)
+        common.check_port("PORT", self.port, 8003)
+        common.check_port("SMTP_PORT", self.smtp_port, 1025)
         if not self.host:
-            raise _fail("HOST", self.host, "an interface address", "Try 127.0.0.1 or 0.0.0.0.")
+            raise invalid("HOST", self.host, "an interface address", "try 127.0.0.1 or 0.0.0.0.")
         if not self.smtp_host:
-            raise _fail("SMTP_HOST", self.smtp_host, "a host name", "Try 127.0.0.1.")
+            raise invalid("SMTP_HOST", self.smtp_host, "a host name", "try 127.0.0.1.")
         local, at, domain = self.smtp_from.rpartition("@")
         if not at or not local or not domain or any(c.isspace() for c in self.smtp_from):
-            raise _fail(
+            raise invalid(
                 "SMTP_FROM",
                 self.smtp_from,
                 "an e-mail address",
-                "Set it like reminders@todo.local.",
+                "set it like reminders@todo.local.",
             )
         if (self.smtp_username is None) != (self.smtp_password is None):
             given, missing = (
@@ -141,24 +110,24 @@ class Settings:
                 env_var=missing,
             )
         if not 0 < self.smtp_timeout <= 300:
-            raise _fail("SMTP_TIMEOUT", self.smtp_timeout, "seconds between 0 and 300", "Try 10.")
+            raise invalid("SMTP_TIMEOUT", self.smtp_timeout, "seconds between 0 and 300", "try 10.")
         if not 1 <= self.smtp_attempts <= 10:
-            raise _fail(
-                "SMTP_ATTEMPTS", self.smtp_attempts, "a whole number from 1 to 10", "Try 3."
+            raise invalid(
+                "SMTP_ATTEMPTS", self.smtp_attempts, "a whole number from 1 to 10", "try 3."
             )
         if not 0 <= self.smtp_backoff_seconds <= 60:
-            raise _fail(
+            raise invalid(
                 "SMTP_BACKOFF_SECONDS",
                 self.smtp_backoff_seconds,
                 "seconds between 0 and 60",
-                "Try 0.5 (doubled after each failed attempt).",
+                "try 0.5 (doubled after each failed attempt).",
             )
         if not 1 <= self.job_trigger_attempts <= 100:
-            raise _fail(
+            raise invalid(
                 "REMINDER_JOB_ATTEMPTS",
                 self.job_trigger_attempts,
                 "a whole number from 1 to 100",
-                "Match the job failure policy: 1 + maxRetries (4 for the Scheduler's default).",
+                "match the job failure policy: 1 + maxRetries (4 for the Scheduler's default).",
             )
         if self.dlq_database_url is not None:
             check_async_database_url(
@@ -168,7 +137,7 @@ class Settings:
     @property
     def is_prod(self) -> bool:
         """Whether `environment` is production."""
-        return self.environment.lower() in PROD_ENVIRONMENTS
+        return common.is_production(self.environment)
 
     @property
     def uses_dev_secret(self) -> bool:
@@ -188,75 +157,30 @@ class Settings:
             ConfigurationError: a variable is invalid; the message names it, shows the value
                 and says how to fix it.
         """
-
-        def text(name: str, default: str) -> str:
-            return env.get(name, "").strip() or default
-
-        def optional(name: str) -> str | None:
-            return env.get(name, "").strip() or None
-
-        def parsed(name: str, default: T, parse: Callable[[str], T], expected: str, fix: str) -> T:
-            raw = env.get(name, "").strip()
-            if not raw:
-                return default
-            try:
-                return parse(raw)
-            except ValueError:
-                raise _fail(name, raw, expected, fix) from None
-
-        def flag(name: str) -> bool:
-            raw = env.get(name, "").strip().lower()
-            if raw in _TRUE:
-                return True
-            if raw in _FALSE:
-                return False
-            raise _fail(name, env[name], "true or false", "Use true/false, 1/0, yes/no or on/off.")
-
-        environment = text("TODO_OBS_ENVIRONMENT", "dev")
-        secret = env.get("JWT_SECRET", "")
-        if not secret and environment.lower() in PROD_ENVIRONMENTS:
-            raise ConfigurationError(
-                f"JWT_SECRET is required when TODO_OBS_ENVIRONMENT={environment!r}: set it to the "
-                "secret every service shares (python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))').",
-                field="jwt_secret",
-                env_var="JWT_SECRET",
-            )
-        port_fix = "Set a number from 1 to 65535."
+        environment = common.environment(env)
         return cls(
             environment=environment,
-            jwt_secret=secret or DEV_JWT_SECRET,
-            host=text("HOST", cls.host),
-            port=parsed("PORT", cls.port, int, "a port number (1-65535)", port_fix),
-            smtp_host=text("SMTP_HOST", cls.smtp_host),
-            smtp_port=parsed("SMTP_PORT", cls.smtp_port, int, "a port number", port_fix),
-            smtp_from=text("SMTP_FROM", cls.smtp_from),
-            smtp_username=optional("SMTP_USERNAME"),
+            jwt_secret=common.jwt_secret(env, environment),
+            host=common.host(env, cls.host),
+            port=common.port(env, "PORT", cls.port),
+            smtp_host=common.text(env, "SMTP_HOST", cls.smtp_host),
+            smtp_port=common.port(env, "SMTP_PORT", cls.smtp_port),
+            smtp_from=common.text(env, "SMTP_FROM", cls.smtp_from),
+            smtp_username=common.optional(env, "SMTP_USERNAME"),
             smtp_password=env.get("SMTP_PASSWORD") or None,
-            smtp_starttls=flag("SMTP_STARTTLS"),
-            smtp_timeout=parsed(
-                "SMTP_TIMEOUT", cls.smtp_timeout, float, "a number of seconds", "Try 10."
+            smtp_starttls=common.flag(env, "SMTP_STARTTLS", cls.smtp_starttls),
+            smtp_timeout=common.seconds(env, "SMTP_TIMEOUT", cls.smtp_timeout),
+            smtp_attempts=common.whole_number(env, "SMTP_ATTEMPTS", cls.smtp_attempts),
+            smtp_backoff_seconds=common.seconds(
+                env, "SMTP_BACKOFF_SECONDS", cls.smtp_backoff_seconds, zero_allowed=True
             ),
-            smtp_attempts=parsed(
-                "SMTP_ATTEMPTS", cls.smtp_attempts, int, "a whole number", "Try 3."
-            ),
-            smtp_backoff_seconds=parsed(
-                "SMTP_BACKOFF_SECONDS",
-                cls.smtp_backoff_seconds,
-                float,
-                "a number of seconds",
-                "Try 0.5.",
-            ),
-            job_trigger_attempts=parsed(
-                "REMINDER_JOB_ATTEMPTS",
-                cls.job_trigger_attempts,
-                int,
-                "a whole number",
-                "Try 4 (the Scheduler's default failure policy triggers a job at most 4 times).",
+            # The Scheduler's default failure policy triggers a job at most 4 times.
+            job_trigger_attempts=common.whole_number(
+                env, "REMINDER_JOB_ATTEMPTS", cls.job_trigger_attempts
             ),
             dapr_endpoint=sidecar_endpoint(env),
-            dapr_api_token=optional("DAPR_API_TOKEN"),
-            app_api_token=optional("APP_API_TOKEN"),
-            admin_token=optional("TODO_OBS_ADMIN_TOKEN"),
-            dlq_database_url=optional("DLQ_DATABASE_URL"),
+            dapr_api_token=common.optional(env, "DAPR_API_TOKEN"),
+            app_api_token=common.optional(env, "APP_API_TOKEN"),
+            admin_token=common.optional(env, "TODO_OBS_ADMIN_TOKEN"),
+            dlq_database_url=common.optional(env, "DLQ_DATABASE_URL"),
         )

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +52,8 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from reference_app.common import metrics as app_metrics
 from reference_app.ops import thirdparty
-from reference_app.ops.catalogue import HISTOGRAM_SERIES, spec_of
-from reference_app.ops.promql import selectors
-from reference_app.ops.slos import REMINDER_DELIVERY, SLOS
+from reference_app.ops.catalogue import HISTOGRAM_SERIES
+from reference_app.ops.slos import LATENCY_SLO_SECONDS, REMINDER_DELIVERY, SLOS
 from todo_observability import metrics as sdk_metrics
 from todo_observability.metrics import MetricSpec
 from todo_observability.ops.slo import WINDOWS
@@ -72,11 +69,8 @@ __all__ = [
     "LATENCY_SLO_SECONDS",
     "RECORDING_RULES",
     "SLO_WINDOWS",
-    "Query",
     "build",
-    "concrete",
     "main",
-    "queries",
     "render",
     "write",
 ]
@@ -89,9 +83,6 @@ DASHBOARDS_DIR = (
 )
 """Where the committed dashboard JSON lives."""
 
-LATENCY_SLO_SECONDS = 0.5
-"""The latency SLO: requests answered within 0.5 s (a bucket boundary of `LATENCY_BUCKETS`)."""
-assert LATENCY_SLO_SECONDS in sdk_metrics.LATENCY_BUCKETS, "the SLO line must be a bucket boundary"
 DELIVERY_OBJECTIVE = REMINDER_DELIVERY.objective
 """Reminder e-mails delivered: the SLO the delivery-rate gauge is drawn against (99 %)."""
 
@@ -417,7 +408,7 @@ def _dashboard(
 
 
 def service_red() -> dashboard_builders.Dashboard:
-    """Per service: request rate, 5xx ratio and p50/p95/p99 latency against the 500 ms SLO."""
+    """Per service: request rate, 5xx ratio and p50/p95/p99 latency against the latency SLO."""
     requests = sdk_metrics.HTTP_SERVER_REQUESTS
     duration = sdk_metrics.HTTP_SERVER_DURATION
     total = rate(requests, ("job",), job=Regex(JOB))
@@ -1154,93 +1145,6 @@ def build() -> dict[str, dict[str, Any]]:
 def render(model: Mapping[str, Any]) -> str:
     """The committed text of a dashboard: sorted keys, 2-space indent, trailing newline."""
     return json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-# --- Queries ----------------------------------------------------------------------------------
-
-SAMPLE_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
-"""Values the Grafana variables of our queries take when a query is run outside Grafana."""
-_VARIABLE = re.compile(r"\$\{?(\w+)")
-
-
-def concrete(expr: str, *, job: str = ".+", rate_interval: str = "1m", range_: str = "1h") -> str:
-    """`expr` with its Grafana variables replaced, ready for Prometheus' API or a PromQL parser.
-
-    Args:
-        expr: A panel query, using `$job`, `$__rate_interval` and `$__range`.
-        job: The value of `$job`; it is matched as a regular expression (`=~`), so one service
-            name selects that service and the default selects them all.
-        rate_interval: The value of `$__rate_interval` (at least 4 scrape intervals).
-        range_: The value of `$__range` (the dashboard's time range).
-
-    Raises:
-        ValueError: `expr` uses a variable this function does not know.
-    """
-    result = (
-        expr.replace("$__rate_interval", rate_interval)
-        .replace("$__range", range_)
-        .replace("$job", job)
-    )
-    leftover = _VARIABLE.search(result)
-    if leftover is not None:
-        raise ValueError(
-            f"query uses the Grafana variable {leftover.group(0)!r}, which concrete() does not "
-            f"substitute: {expr!r}. Use $job, $__rate_interval or $__range, or teach concrete() "
-            "the new variable."
-        )
-    return result
-
-
-@dataclass(frozen=True)
-class Query:
-    """One query of one panel of one dashboard.
-
-    Attributes:
-        dashboard: The dashboard's uid.
-        panel: The panel's title.
-        ref_id: The query's refId within the panel (A, B, ...).
-        expr: The PromQL as Grafana runs it, with `$job`, `$__rate_interval`, `$__range`.
-    """
-
-    dashboard: str
-    panel: str
-    ref_id: str
-    expr: str
-
-    def concrete(self, *, job: str = ".+", rate_interval: str = "1m", range_: str = "1h") -> str:
-        """The PromQL with its variables replaced (see the module function `concrete`)."""
-        return concrete(self.expr, job=job, rate_interval=rate_interval, range_=range_)
-
-    @property
-    def metrics(self) -> frozenset[str]:
-        """The metric names (series names, e.g. `x_bucket`) the query selects."""
-        return frozenset(selector.name for selector in selectors(self.concrete()))
-
-    @property
-    def kind(self) -> str:
-        """`own` (only our catalogues' metrics), `slo` (reads recording rules) or `thirdparty`."""
-        bases = {found[0].name if (found := spec_of(name)) else name for name in self.metrics}
-        if any(thirdparty.base_name(name) in thirdparty.THIRD_PARTY for name in self.metrics):
-            return "thirdparty"
-        if bases & {spec.name for spec in RECORDING_RULES}:
-            return "slo"
-        return "own"
-
-
-def queries() -> list[Query]:
-    """Every query of every generated dashboard, in dashboard and panel order."""
-    found: list[Query] = []
-    for model in build().values():
-        panels: list[dict[str, Any]] = []
-        for panel in model.get("panels", []):
-            panels.append(panel)
-            panels.extend(panel.get("panels", []))
-        found.extend(
-            Query(model["uid"], panel["title"], target["refId"], target["expr"])
-            for panel in panels
-            for target in panel.get("targets", [])
-        )
-    return found
 
 
 # --- Files ------------------------------------------------------------------------------------

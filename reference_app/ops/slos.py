@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reference_app.common import events, metrics
-from todo_observability.ops.slo import SLO, Events, service_slos
+from todo_observability.ops.slo import SLO, Events, Latency, service_slos
 
 SERVICES = (events.FRONTEND, events.BACKEND, events.RECURRING, events.NOTIFICATIONS)
 """The four services, by Prometheus job (the Kubernetes Service, named after the app id)."""
@@ -23,5 +23,21 @@ REMINDER_DELIVERY = SLO(
     absent_for="1h",
 )
 
-SLOS = (*service_slos(SERVICES), REMINDER_DELIVERY)
+SERVICE_SLOS = service_slos(SERVICES)
+"""The SDK's SLOs of the four services: availability, latency, HTTP errors, message processing."""
+
+SLOS = (*SERVICE_SLOS, REMINDER_DELIVERY)
 """Every SLO of the reference system, in the order of the rule groups."""
+
+
+def _latency_threshold(slos: tuple[SLO, ...]) -> float:
+    [threshold] = [slo.indicator.threshold for slo in slos if isinstance(slo.indicator, Latency)]
+    return threshold
+
+
+LATENCY_SLO_SECONDS = _latency_threshold(SERVICE_SLOS)
+"""The latency objective, in seconds (0.5: 95 % of requests within 500 ms).
+
+Read from the latency SLO the rules are generated from, never restated, so the dashboards draw
+their SLO line where the alerts measure.
+"""

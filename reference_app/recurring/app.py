@@ -52,7 +52,7 @@ TOKEN_TTL_SECONDS = 300
 def create_app(
     settings: Settings | None = None,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
+    dapr_transport: httpx.AsyncBaseTransport | None = None,
     **observability: Any,
 ) -> FastAPI:
     """Build the recurring-task-service.
@@ -63,7 +63,7 @@ def create_app(
 
     Args:
         settings: The settings; by default `Settings.from_env()`.
-        transport: How to reach the Dapr sidecar instead of `settings.dapr_endpoint` over
+        dapr_transport: How to reach the Dapr sidecar instead of `settings.dapr_endpoint` over
             the network (tests: `httpx.ASGITransport(app=sidecar.asgi)`).
         **observability: Overrides of `todo_observability.configure()` (`registry=`,
             `traces_exporter=`, `log_stream=`, ...).
@@ -76,13 +76,13 @@ def create_app(
     """
     settings = settings if settings is not None else Settings.from_env()
     dapr = DaprClient(
-        settings.dapr_endpoint, api_token=settings.dapr_api_token, transport=transport
+        settings.dapr_endpoint, api_token=settings.dapr_api_token, transport=dapr_transport
     )
     # The health checks share one client when the sidecar is reached through a transport;
     # otherwise each run opens a short-lived one (the SDK's default).
     probe = (
-        httpx.AsyncClient(base_url=settings.dapr_endpoint, transport=transport)
-        if transport is not None
+        httpx.AsyncClient(base_url=settings.dapr_endpoint, transport=dapr_transport)
+        if dapr_transport is not None
         else None
     )
     engine: AsyncEngine | None = None
@@ -167,7 +167,7 @@ def create_app(
         match=f'event.type == "{TASK_COMPLETED}"',
         dead_letter_topic=TASK_EVENTS_DLQ,
         route=f"/dapr/events/{PUBSUB}/{TASK_EVENTS}/completed",
-    )(handler.handle)  # a bound method: the SDK runs a callable object's async __call__ in a thread
+    )(handler.handle)
 
     @subscriptions.subscribe(PUBSUB, TASK_EVENTS, dead_letter_topic=TASK_EVENTS_DLQ)
     async def other_task_event(message: Message) -> None:

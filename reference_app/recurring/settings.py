@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from reference_app.common.auth import DEV_JWT_SECRET
+from reference_app.common import settings as common
 from reference_app.common.database import check_async_database_url
+from reference_app.common.settings import DEV_JWT_SECRET, PROD_ENVIRONMENTS
 from todo_observability import ConfigurationError
 from todo_observability.dapr import sidecar_endpoint
 
@@ -20,14 +21,9 @@ __all__ = ["DEFAULT_PORT", "DEV_JWT_SECRET", "PROD_ENVIRONMENTS", "Settings"]
 
 DEFAULT_PORT = 8002
 """The port uvicorn listens on when `PORT` is not set."""
-PROD_ENVIRONMENTS = frozenset({"prod", "production"})
-"""Values of `TODO_OBS_ENVIRONMENT` that mean production (as the SDK reads them)."""
 IDEMPOTENCY_STORES = ("memory", "dapr")
 DLQ_DATABASE_EXAMPLES = (
     "sqlite+aiosqlite:///./data/recurring.db or postgresql+psycopg://user:pass@host/db"
-)
-MIN_SECRET_BYTES = (
-    32  # HS256 wants a key at least as long as its output (reference_app.common.auth)
 )
 
 IdempotencyStoreName = Literal["memory", "dapr"]
@@ -80,7 +76,7 @@ class Settings:
                 env_var="TODO_OBS_ENVIRONMENT",
                 value=self.environment,
             )
-        _check_secret(self.jwt_secret, self.is_production)
+        common.check_jwt_secret(self.jwt_secret, self.environment)
         if not self.host.strip():
             raise ConfigurationError(
                 "HOST must not be empty; set it to the interface to listen on, such as "
@@ -89,14 +85,7 @@ class Settings:
                 env_var="HOST",
                 value=self.host,
             )
-        if not 0 < self.port < 65536:
-            raise ConfigurationError(
-                f"PORT must be a port number between 1 and 65535, got {self.port!r}; "
-                f"set it like PORT={DEFAULT_PORT}, or unset it.",
-                field="port",
-                env_var="PORT",
-                value=self.port,
-            )
+        common.check_port("PORT", self.port, DEFAULT_PORT)
         if self.idempotency_store not in IDEMPOTENCY_STORES:
             raise ConfigurationError(
                 f"IDEMPOTENCY_STORE must be 'memory' or 'dapr', got {self.idempotency_store!r}; "
@@ -115,7 +104,7 @@ class Settings:
     @property
     def is_production(self) -> bool:
         """Whether `environment` names production."""
-        return self.environment.strip().lower() in PROD_ENVIRONMENTS
+        return common.is_production(self.environment)
 
     @property
     def uses_dev_jwt_secret(self) -> bool:
@@ -130,36 +119,8 @@ class Settings:
             ConfigurationError: a variable has a bad value (or `JWT_SECRET` is missing in
                 prod); the message names it, shows the value and says how to fix it.
         """
-
-        def read(name: str) -> str | None:
-            value = env.get(name)
-            return None if value is None or not value.strip() else value.strip()
-
-        environment = read("TODO_OBS_ENVIRONMENT") or "dev"
-        secret = env.get("JWT_SECRET")
-        if secret is None or not secret.strip():
-            if environment.lower() in PROD_ENVIRONMENTS:
-                raise ConfigurationError(
-                    f"JWT_SECRET is required when TODO_OBS_ENVIRONMENT={environment!r}: set it to "
-                    "the secret backend verifies tokens with (the same value for every service); "
-                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-                    field="jwt_secret",
-                    env_var="JWT_SECRET",
-                )
-            secret = DEV_JWT_SECRET
-        port_text = read("PORT")
-        port: int = DEFAULT_PORT
-        if port_text is not None:
-            if not port_text.isdigit():
-                raise ConfigurationError(
-                    f"PORT must be a port number between 1 and 65535, got {port_text!r}; "
-                    f"set it like PORT={DEFAULT_PORT}, or unset it.",
-                    field="port",
-                    env_var="PORT",
-                    value=port_text,
-                )
-            port = int(port_text)
-        store = (read("IDEMPOTENCY_STORE") or "memory").lower()
+        environment = common.environment(env)
+        store = common.text(env, "IDEMPOTENCY_STORE", "memory").lower()
         if store not in IDEMPOTENCY_STORES:
             raise ConfigurationError(
                 f"IDEMPOTENCY_STORE must be 'memory' or 'dapr', got {env.get('IDEMPOTENCY_STORE')!r}; "
@@ -169,36 +130,14 @@ class Settings:
                 value=env.get("IDEMPOTENCY_STORE"),
             )
         return cls(
-            jwt_secret=secret,
+            jwt_secret=common.jwt_secret(env, environment),
             environment=environment,
-            host=read("HOST") or "127.0.0.1",
-            port=port,
+            host=common.host(env),
+            port=common.port(env, "PORT", DEFAULT_PORT),
             dapr_endpoint=sidecar_endpoint(env),
             dapr_api_token=env.get("DAPR_API_TOKEN", ""),
             app_api_token=env.get("APP_API_TOKEN", ""),
             admin_token=env.get("TODO_OBS_ADMIN_TOKEN", ""),
-            dlq_database_url=read("DLQ_DATABASE_URL"),
+            dlq_database_url=common.optional(env, "DLQ_DATABASE_URL"),
             idempotency_store="dapr" if store == "dapr" else "memory",
-        )
-
-
-def _check_secret(secret: str, production: bool) -> None:
-    """Refuse a JWT secret that is too short, or the development secret in production."""
-    if production and secret == DEV_JWT_SECRET:
-        raise ConfigurationError(
-            "JWT_SECRET is the public development secret, which is refused in prod: set it to a "
-            "secret of your own (the same value for every service); generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-            field="jwt_secret",
-            env_var="JWT_SECRET",
-        )
-    length = len(secret.encode())
-    if length < MIN_SECRET_BYTES:
-        # The value is a secret: say how long it is, never what it is.
-        raise ConfigurationError(
-            f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes for HS256, got {length}; "
-            "set it to the secret backend verifies tokens with; generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-            field="jwt_secret",
-            env_var="JWT_SECRET",
         )

@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from reference_app.backend import Settings, create_app
+from reference_app.backend import Settings
+from reference_app.backend.app import create_app
 from reference_app.common.auth import Tokens
 from reference_app.common.events import PUBSUB, REMINDERS, TASK_EVENTS, TASK_UPDATES
 from tests.health.conftest import PostgresCluster, postgres_cluster

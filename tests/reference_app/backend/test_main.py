@@ -99,3 +99,24 @@ def test_the_module_serves_the_backend_with_the_development_defaults(tmp_path: P
         if line["logger"] == "todo_observability.access" and line["request_id"] == "main-1"
     ]
     assert (access["message"], access["user_id"]) == ("POST /tasks 201", "alice")
+
+
+def test_the_module_refuses_a_bad_setting_with_one_line_and_status_2(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TODO_OBS_")}
+    env.update(PYTHONPATH=str(ROOT), PORT="eighty")
+    result = subprocess.run(
+        [sys.executable, "-m", "reference_app.backend"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "backend: PORT must be a port number between 1 and 65535, got 'eighty'; "
+        "set it like PORT=8001, or unset it."
+    ]
+    assert not (tmp_path / "data").exists()  # refused before anything was built

@@ -26,7 +26,7 @@ from schemathesis.checks import (
 )
 from schemathesis.python.asgi import shutdown_lifespans
 
-from reference_app.backend import create_app
+from reference_app.backend.app import create_app
 from reference_app.common.auth import Tokens
 from todo_observability.testing import LogCapture
 

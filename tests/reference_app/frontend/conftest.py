@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from reference_app.common.auth import Tokens
 from reference_app.frontend import Settings, create_app
-from reference_app.frontend.app import SESSION_COOKIE
+from reference_app.frontend.auth import SESSION_COOKIE
 from todo_observability.testing import LogCapture, SpanCapture
 from todo_observability.testing.sidecar import Broker, RetryPolicy, Sidecar
 

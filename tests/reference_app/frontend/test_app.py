@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from reference_app.common.auth import Tokens
-from reference_app.frontend.app import SESSION_COOKIE
+from reference_app.frontend.auth import SESSION_COOKIE
 from todo_observability.testing import LogCapture, SpanCapture, metric_value
 
 from .conftest import SECRET, System

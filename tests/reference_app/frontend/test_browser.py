@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from reference_app.common.auth import Tokens
-from reference_app.frontend.app import SESSION_COOKIE
+from reference_app.frontend.auth import SESSION_COOKIE
 from tests.helpers import free_port, serve_app, todo_obs
 
 from .conftest import SECRET

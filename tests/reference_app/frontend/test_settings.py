@@ -228,8 +228,8 @@ def test_the_module_refuses_to_start_with_an_invalid_setting() -> None:
         check=False,
     )
 
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "frontend: PORT must be a port number between 1 and 65535, got 'eighty'; "
-        "fix or unset it (default: '8000')."
+        "set it like PORT=8000, or unset it."
     )

@@ -14,7 +14,7 @@ import promql_parser
 import pytest
 import yaml
 
-from reference_app.ops import dashboards, thirdparty
+from reference_app.ops import dashboards, queries, thirdparty
 from reference_app.ops.catalogue import SPECS, spec_of
 from todo_observability import metrics as sdk_metrics
 from todo_observability.metrics import MetricSpec
@@ -22,7 +22,7 @@ from todo_observability.metrics import MetricSpec
 SCHEMAS = Path(__file__).parent / "schemas" / "grafana"
 GRAFANA = dashboards.DASHBOARDS_DIR.parent
 MODELS = dashboards.build()
-QUERIES = dashboards.queries()
+QUERIES = queries.queries()
 
 EXPECTED_UIDS = {
     "service-red.json": "todo-service-red",
@@ -288,24 +288,6 @@ def test_queries_cover_every_target_of_every_dashboard() -> None:
     assert {query.dashboard for query in QUERIES} == set(EXPECTED_UIDS.values())
 
 
-@pytest.mark.parametrize("query", QUERIES, ids=lambda q: f"{q.dashboard}:{q.panel}:{q.ref_id}")
-def test_every_query_parses_once_its_variables_are_substituted(query: dashboards.Query) -> None:
-    promql_parser.parse(query.concrete(job="notification-service"))
-    assert "$" not in query.concrete()
-
-
-def test_concrete_substitutes_grafana_variables() -> None:
-    expr = 'sum(rate(x{job=~"$job"}[$__rate_interval])) / sum(increase(x[$__range]))'
-    assert dashboards.concrete(expr, job="backend", rate_interval="30s", range_="2h") == (
-        'sum(rate(x{job=~"backend"}[30s])) / sum(increase(x[2h]))'
-    )
-
-
-def test_concrete_rejects_a_variable_it_does_not_know() -> None:
-    with pytest.raises(ValueError, match=r"'\$__interval'"):
-        dashboards.concrete("rate(x[$__interval])")
-
-
 def test_every_metric_queried_is_in_a_catalogue_the_slo_rules_or_thirdparty() -> None:
     unknown = {
         (query.dashboard, query.panel, selector.name)
@@ -353,13 +335,6 @@ def test_aggregations_group_by_labels_the_selected_metrics_have() -> None:
                 if label not in allowed
             )
     assert wrong == []
-
-
-def test_query_kinds_separate_own_slo_and_third_party_queries() -> None:
-    kinds = {(query.panel, query.kind) for query in QUERIES}
-    assert ("Request rate", "own") in kinds
-    assert ("SLO objectives", "slo") in kinds
-    assert ("Consumer lag by service and topic", "thirdparty") in kinds
 
 
 def test_selector_rejects_a_label_the_metric_does_not_have() -> None:

@@ -28,7 +28,7 @@ import yaml
 from reference_app import run
 from reference_app.common import events
 from reference_app.common.auth import Tokens
-from reference_app.ops import dashboards, rules
+from reference_app.ops import queries, rules
 from reference_app.ops.catalogue import spec_of
 from reference_app.ops.promql import selectors
 from tests.health.conftest import PostgresCluster, postgres_cluster
@@ -228,14 +228,14 @@ def _has_data(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(sample["value"][1])) for sample in result)
 
 
-OWN_QUERIES = [q for q in dashboards.queries() if q.kind in {"own", "slo"}]
+OWN_QUERIES = [q for q in queries.queries() if q.kind in {"own", "slo"}]
 
 
 @pytest.mark.parametrize(
     "query", OWN_QUERIES, ids=[f"{q.dashboard}:{q.panel}:{q.ref_id}" for q in OWN_QUERIES]
 )
 def test_every_dashboard_query_on_our_metrics_returns_data(
-    scraped: Prometheus, query: dashboards.Query
+    scraped: Prometheus, query: queries.Query
 ) -> None:
     expr = query.concrete(rate_interval="5m", range_="1h")
     result = scraped.query(expr)

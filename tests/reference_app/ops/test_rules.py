@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reference_app.ops import alerts, rules, slos, thirdparty
+from reference_app.ops import alerts, rule_tests, rules, slos, thirdparty
 from reference_app.ops.catalogue import spec_of
 from reference_app.ops.promql import selectors
 from todo_observability.ops.slo import rule_groups
@@ -62,7 +62,7 @@ def test_every_alert_fires_in_a_unit_test_and_is_silent_before_its_for() -> None
         )
 
     alerting = rules.alerting_rules()
-    cases = rules.cases()
+    cases = rule_tests.cases()
     for name, severity in alerting:
         fired = [
             case
@@ -92,7 +92,7 @@ def test_every_alert_fires_in_a_unit_test_and_is_silent_before_its_for() -> None
 
 
 def test_every_burn_rate_alert_has_a_low_traffic_case() -> None:
-    cases = rules.cases()
+    cases = rule_tests.cases()
     for slo in slos.SLOS:
         if slo.min_events == 0:
             continue
@@ -103,7 +103,9 @@ def test_every_burn_rate_alert_has_a_low_traffic_case() -> None:
 
 def _run_cases_against(groups: list[dict[str, object]], tmp_path: Path) -> str:
     (tmp_path / "rules.yml").write_text(rules.dump({"groups": groups}))
-    (tmp_path / "tests.yml").write_text(rules.dump(rules.unit_tests("rules.yml")))
+    (tmp_path / "tests.yml").write_text(
+        rules.dump(rule_tests.unit_tests(rules.alerting_rules(), "rules.yml"))
+    )
     tested = promtool("test", "rules", "tests.yml", cwd=tmp_path)
     assert tested.returncode != 0, "the unit tests pass against broken rules"
     return tested.stdout + tested.stderr

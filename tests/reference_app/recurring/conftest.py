@@ -217,7 +217,7 @@ async def make_system(
             )
             app = create_app(
                 Settings(**{"jwt_secret": SECRET, **settings}),
-                transport=httpx.ASGITransport(app=recurring.asgi),
+                dapr_transport=httpx.ASGITransport(app=recurring.asgi),
                 registry=metrics_registry,
                 traces_exporter="memory",
                 sample_ratio=1.0,

@@ -52,7 +52,7 @@ async def test_not_ready_while_the_sidecar_cannot_be_reached(
 
     app = create_app(
         Settings(jwt_secret=SECRET),
-        transport=httpx.MockTransport(refuse),
+        dapr_transport=httpx.MockTransport(refuse),
         registry=metrics_registry,
         traces_exporter="none",
         load_plugins=False,
@@ -239,5 +239,5 @@ def test_python_m_refuses_a_bad_setting_with_a_clear_message() -> None:
         timeout=60,
         check=False,
     )
-    assert finished.returncode == 1
+    assert finished.returncode == 2
     assert finished.stderr.startswith("recurring-task-service: JWT_SECRET is required")

@@ -78,7 +78,7 @@ def test_settings_built_in_code_are_validated_too() -> None:
             "PORT",
             "PORT must be a port number between 1 and 65535, got 'eighty'",
         ),
-        ({"PORT": "70000"}, "PORT", "got 70000"),
+        ({"PORT": "70000"}, "PORT", "got '70000'"),
         ({"IDEMPOTENCY_STORE": "redis"}, "IDEMPOTENCY_STORE", "got 'redis'"),
         ({"DAPR_HTTP_PORT": "x"}, "DAPR_HTTP_PORT", "DAPR_HTTP_PORT='x' is not a port number"),
         ({"DLQ_DATABASE_URL": "not a url"}, "DLQ_DATABASE_URL", "is not an SQLAlchemy URL"),
