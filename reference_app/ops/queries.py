@@ -16,10 +16,8 @@ from reference_app.ops.catalogue import spec_of
 from reference_app.ops.dashboards import RECORDING_RULES, build
 from reference_app.ops.promql import selectors
 
-__all__ = ["SAMPLE_VARIABLES", "Query", "concrete", "queries"]
+__all__ = ["Query", "concrete", "queries"]
 
-SAMPLE_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
-"""Values the Grafana variables of our queries take when a query is run outside Grafana."""
 _VARIABLE = re.compile(r"\$\{?(\w+)")
 
 
