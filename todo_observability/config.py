@@ -37,6 +37,11 @@ def _probe_paths(health_path: str | None) -> dict[str, str]:
     return {f"{prefix}/{probe}": probe for probe in PROBES}
 
 
+_DEVELOPMENT_ENVIRONMENTS = frozenset({"dev", "development", "local", "test"})
+"""Values of `environment` (in any case) that mean development: the only ones where what needs a
+token elsewhere (the dead-letter API) answers without one."""
+
+
 def _is_production(environment: str) -> bool:
     return environment.lower() in _PRODUCTION_ENVIRONMENTS
 
@@ -448,6 +453,11 @@ class Settings:
     def production(self) -> bool:
         """Whether `environment` names production (`prod` or `production`, in any case)."""
         return _is_production(self.environment)
+
+    @property
+    def development(self) -> bool:
+        """Whether `environment` names development (`dev`, `development`, `local`, `test`, any case)."""
+        return self.environment.lower() in _DEVELOPMENT_ENVIRONMENTS
 
 
 def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,7 +11,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from tests.dapr.test_subscriptions import PRODUCER, cloudevent
+from tests.dapr.test_subscriptions import PRODUCER, ROUTE, cloudevent
 from tests.helpers import client
 from todo_observability.dapr import (
     DaprClient,
@@ -19,12 +20,13 @@ from todo_observability.dapr import (
     Drop,
     InMemoryDeadLetterStore,
     Message,
+    Outcome,
     ParkedMessage,
     Retry,
     SqlDeadLetterStore,
     Subscriptions,
 )
-from todo_observability.dapr.dead_letters import FailureNote
+from todo_observability.dapr.dead_letters import FailureNote, classify
 from todo_observability.testing import metric_value
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +53,11 @@ class Published:
 
 
 def build(
-    make_observability: Any, sidecar: Published | None = None, **kwargs: Any
+    make_observability: Any,
+    sidecar: Published | None = None,
+    *,
+    environment: str = "dev",
+    **kwargs: Any,
 ) -> tuple[Any, Subscriptions]:
     dapr = DaprClient(
         "http://127.0.0.1:3500", transport=httpx.MockTransport(sidecar or Published())
@@ -67,7 +73,7 @@ def build(
 
     subs.park_dead_letters("pubsub", "task-events-dlq")
     app = Starlette()
-    make_observability(app, service_name="recurring")
+    make_observability(app, service_name="recurring", environment=environment)
     subs.install(app)
     return app, subs
 
@@ -235,8 +241,10 @@ async def test_the_park_api_needs_a_token_when_one_is_set_and_in_prod(
         assert ok.status_code == 200
 
 
-@pytest.mark.parametrize("environment", ["prod", "production"])
-async def test_the_park_api_is_closed_in_prod_without_a_token(
+@pytest.mark.parametrize(
+    "environment", ["prod", "production", "Prod", "PRODUCTION", "staging", "prd", "qa", "dev2"]
+)
+async def test_the_park_api_is_closed_without_a_token_outside_development(
     make_observability: Any, environment: str
 ) -> None:
     dapr = DaprClient("http://127.0.0.1:3500", transport=httpx.MockTransport(Published()))
@@ -245,9 +253,114 @@ async def test_the_park_api_is_closed_in_prod_without_a_token(
     make_observability(app, service_name="recurring", environment=environment)
     subs.install(app)
     async with client(app) as http:
-        response = await http.get("/dapr/dead-letters")
-    assert response.status_code == 403
-    assert "TODO_OBS_ADMIN_TOKEN" in response.json()["error"]
+        listing = await http.get("/dapr/dead-letters")
+        purge = await http.delete("/dapr/dead-letters/pubsub/t/x", params={"confirm": "true"})
+        replay = await http.post("/dapr/dead-letters/replay")
+    for response in (listing, purge, replay):
+        assert response.status_code == 403
+        assert "TODO_OBS_ADMIN_TOKEN" in response.json()["error"]
+        assert repr(environment) in response.json()["error"]
+
+
+@pytest.mark.parametrize("environment", ["dev", "development", "local", "test", "DEV", "Local"])
+async def test_the_park_api_answers_without_a_token_only_in_development(
+    make_observability: Any, environment: str
+) -> None:
+    app, _subs = build(make_observability, admin_token="", environment=environment)
+    async with client(app) as http:
+        assert (await http.get("/dapr/dead-letters")).status_code == 200
+
+
+class Unprintable(Exception):
+    """An exception that cannot say what it is: its `__str__` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+async def test_a_handler_exception_whose_str_raises_is_a_retry_and_releases_its_claim(
+    make_observability: Any, captured_logs: Any
+) -> None:
+    calls: list[int] = []
+    dapr = DaprClient("http://127.0.0.1:3500", transport=httpx.MockTransport(Published()))
+    subs = Subscriptions(client=dapr)
+
+    @subs.subscribe("pubsub", "task-events", dead_letter_topic="task-events-dlq")
+    async def handle(message: Message) -> None:
+        calls.append(message.attempt)
+        if len(calls) == 1:
+            raise Unprintable
+
+    app = Starlette()
+    make_observability(app, service_name="recurring")
+    subs.install(app)
+    first = await post(app, ROUTE, cloudevent("u-1"))
+    assert first.json() == {"status": "RETRY"}
+    # The claim was given back: the redelivery runs the handler, not "in progress".
+    second = await post(app, ROUTE, cloudevent("u-1"))
+    assert second.json() == {"status": "SUCCESS"}
+    assert calls == [1, 2]
+    [note_line] = [
+        line for line in captured_logs.lines if line["message"].startswith("message failed")
+    ]
+    assert note_line["context"]["reason"] == "Unprintable"
+    assert note_line["context"]["detail"] == "Unprintable: <Unprintable whose str() raised>"
+
+
+def test_classify_never_raises() -> None:
+    assert classify(Unprintable()) == (
+        Outcome.RETRY,
+        "Unprintable",
+        "Unprintable: <Unprintable whose str() raised>",
+    )
+
+
+async def test_a_replay_says_what_became_of_each_message(
+    make_observability: Any,
+) -> None:
+    """Processed, parked again, or only published: never "replayed" for a message that failed."""
+    sidecar = Published()
+    app, subs = build(make_observability, sidecar)
+    for event_id in ("good", "poison"):
+        await post(app, DLQ, cloudevent(event_id, {"poison": event_id == "poison"}))
+
+    # The sidecar of this test delivers nothing by itself: deliver each replay as daprd would,
+    # to the subscription, and its dead letter to the park.
+    async def deliver_replays() -> None:
+        delivered = 0
+        while delivered < 2:
+            await asyncio.sleep(0.01)
+            while delivered < len(sidecar.requests):
+                request = sidecar.requests[delivered]
+                delivered += 1
+                event = cloudevent(
+                    request.url.params["metadata.cloudevent.id"], json.loads(request.content)
+                )
+                answer = (await post(app, ROUTE, event)).json()
+                if answer == {"status": "DROP"}:
+                    await post(app, DLQ, event)
+
+    delivering = asyncio.ensure_future(deliver_replays())
+    async with client(app) as http:
+        response = await http.post("/dapr/dead-letters/replay", params={"wait": "10"})
+    await delivering
+    assert response.status_code == 207  # one of them failed again
+    body = response.json()
+    assert body["results"] == {
+        "pubsub/task-events/good": "processed",
+        "pubsub/task-events/poison": "parked again (invalid_rrule)",
+    }
+    assert (body["processed"], body["parked_again"], body["published"], body["failed"]) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    # The poison is parked (again), the good one is not: nothing lost, nothing falsely claimed.
+    assert [m.event_id for m in await subs.dead_letters.list()] == ["poison"]
+    async with client(app) as http:
+        refused = await http.post("/dapr/dead-letters/replay", params={"wait": "61"})
+    assert refused.status_code == 400
 
 
 # -- the store contract, for every store ---------------------------------------------------

@@ -244,9 +244,10 @@ def test_a_poison_event_is_parked_and_handled_with_the_dlq_command(
 
     assert todo_obs(["dlq", "--service", system.recurring, "purge", park_id]) == 1
     assert "--yes" in capsys.readouterr().out
-    # Still poison: the replay is accepted, delivered, dropped again and parked again.
-    assert todo_obs(["dlq", "--service", system.recurring, "replay", park_id]) == 0
-    assert f"replayed {park_id} to task-events" in capsys.readouterr().out
+    # Still poison: the replay is accepted, delivered, dropped again and parked again, and
+    # the command says so (exit status 1: the operator's problem is not solved).
+    assert todo_obs(["dlq", "--service", system.recurring, "replay", park_id, "--wait", "20"]) == 1
+    assert f"{park_id} to task-events: parked again (invalid_rrule)" in capsys.readouterr().out
     eventually(
         lambda: sum(line["message"] == "dead letter parked" for line in recurring.lines()) == 2,
         20,

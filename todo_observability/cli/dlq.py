@@ -12,6 +12,8 @@ if TYPE_CHECKING:
 
     import httpx
 
+from todo_observability.exceptions import ConfigurationError
+
 __all__ = ["add_parser", "run"]
 
 DEFAULT_SERVICE = "http://127.0.0.1:8000"
@@ -50,6 +52,14 @@ def add_parser(subcommands: Any) -> None:
     which.add_argument("park_id", nargs="?")
     which.add_argument("--all", action="store_true", help="replay every parked message")
     replay.add_argument("--topic", help="with --all: only messages of this origin topic")
+    replay.add_argument(
+        "--wait",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="watch each replayed message that long and say whether it was processed or parked "
+        "again (0: report only that the sidecar accepted it; default %(default)s, at most 60)",
+    )
     purge = actions.add_parser("purge", help="delete a parked message for good")
     purge.add_argument("park_id")
     purge.add_argument("--yes", action="store_true", help="confirm: the message is lost")
@@ -62,19 +72,27 @@ def _when(timestamp: float) -> str:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    """Carry out one `dlq` action; the exit status (0 done, 1 refused or failed)."""
+    """Carry out one `dlq` action; the exit status (0 done, 1 refused, failed or parked again)."""
     if args.action == "purge" and not args.yes:
         out.write(
             f"purging deletes {args.park_id} for good; repeat with --yes to confirm "
             "(or `todo-obs dlq replay` it instead)\n"
         )
         return 1
+    if args.action == "replay" and not 0 <= args.wait <= 60:
+        raise ConfigurationError(
+            f"--wait must be a number of seconds from 0 to 60, got {args.wait!r}.",
+            field="wait",
+            value=args.wait,
+        )
     import httpx
 
     headers = {"authorization": f"Bearer {args.token}"} if args.token else {}
     base = args.service.rstrip("/") + "/" + args.path.strip("/")
     try:
-        with httpx.Client(headers=headers, timeout=args.timeout) as http:
+        # A replay that watches its messages answers after its wait: the call may take that longer.
+        timeout = args.timeout + (args.wait if args.action == "replay" else 0.0)
+        with httpx.Client(headers=headers, timeout=timeout) as http:
             response = _call(http, base, args)
     except httpx.HTTPError as exc:
         out.write(f"cannot reach {args.service}: {exc} (is the service running? see --service)\n")
@@ -87,6 +105,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{response.status_code}: {body.get('error', body)}\n")
         return 1
     _print(args, body, out)
+    if args.action == "replay" and str(body.get("result", "")).startswith("parked again"):
+        return 1  # published, but it failed again: the operator's problem is not solved
     return 0 if response.status_code < 300 else 1
 
 
@@ -99,9 +119,12 @@ def _call(http: httpx.Client, base: str, args: argparse.Namespace) -> httpx.Resp
     if args.action == "show":
         return http.get(f"{base}/{args.park_id}")
     if args.action == "replay":
+        params = {"wait": str(args.wait)}
         if args.all:
-            return http.post(f"{base}/replay", params={"topic": args.topic} if args.topic else None)
-        return http.post(f"{base}/{args.park_id}/replay")
+            if args.topic:
+                params["topic"] = args.topic
+            return http.post(f"{base}/replay", params=params)
+        return http.post(f"{base}/{args.park_id}/replay", params=params)
     return http.delete(f"{base}/{args.park_id}", params={"confirm": "true"})
 
 
@@ -123,10 +146,14 @@ def _print(args: argparse.Namespace, body: Any, out: TextIO) -> None:
     if args.action == "replay" and "results" in body:
         for park_id, result in body["results"].items():
             out.write(f"{park_id}: {result}\n")
-        out.write(f"replayed {body['replayed']}, failed {body['failed']}\n")
+        out.write(
+            f"processed {body['processed']}, parked again {body['parked_again']}, "
+            f"published (not seen since) {body['published']}, failed {body['failed']}\n"
+        )
         return
     if args.action == "replay":
-        out.write(f"replayed {body['replayed']['park_id']} to {body['replayed']['origin_topic']}\n")
+        message = body["published"]
+        out.write(f"{message['park_id']} to {message['origin_topic']}: {body['result']}\n")
         return
     if args.action == "purge":
         out.write(f"purged {body['purged']}\n")

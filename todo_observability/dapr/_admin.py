@@ -35,16 +35,20 @@ def _summary(message: ParkedMessage) -> dict[str, Any]:
 def _refusal(owner: Subscriptions, request: Request) -> Response | None:
     token = owner.admin_token
     if token is None:
+        # Closed unless the environment is explicitly a development one: `staging`, `prd` or a
+        # misspelt `Prod` lists full payloads and allows purge no more than `prod` does.
         obs = owner._obs()
-        if obs is not None and obs.settings.production:
-            return JSONResponse(
-                {
-                    "error": "the dead-letter API is closed in prod without a token; "
-                    "set TODO_OBS_ADMIN_TOKEN (or admin_token=) and send it as a bearer token"
-                },
-                status_code=403,
-            )
-        return None
+        environment = obs.settings.environment if obs is not None else None
+        if obs is not None and obs.settings.development:
+            return None
+        return JSONResponse(
+            {
+                "error": f"the dead-letter API needs a token outside development (environment "
+                f"{environment!r}; open without one only in dev, development, local or test); "
+                "set TODO_OBS_ADMIN_TOKEN (or admin_token=) and send it as a bearer token"
+            },
+            status_code=403,
+        )
     given = request.headers.get("authorization", "")
     scheme, _, value = given.partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), token):
@@ -54,6 +58,19 @@ def _refusal(owner: Subscriptions, request: Request) -> Response | None:
             headers={"www-authenticate": "Bearer"},
         )
     return None
+
+
+def _wait(request: Request) -> float | Response:
+    raw = request.query_params.get("wait", "0")
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= 60:
+        return JSONResponse(
+            {"error": f"wait={raw!r} must be a number of seconds from 0 to 60"}, status_code=400
+        )
+    return wait
 
 
 def _limit(request: Request) -> int | Response:
@@ -93,6 +110,9 @@ def admin_routes(owner: Subscriptions) -> list[Route]:
         if refused := _refusal(owner, request):
             return refused
         park_id = request.path_params["park_id"]
+        wait = _wait(request)
+        if isinstance(wait, Response):
+            return wait
         try:
             message = await owner.dead_letters.replay(park_id)
         except KeyError:
@@ -103,7 +123,8 @@ def admin_routes(owner: Subscriptions) -> list[Route]:
             return JSONResponse(
                 {"error": f"the sidecar refused the replay; still parked: {exc}"}, status_code=502
             )
-        return JSONResponse({"replayed": _summary(message)})
+        result = await owner.dead_letters.fate(message, wait=wait) if wait else "published"
+        return JSONResponse({"published": _summary(message), "result": result})
 
     async def replay_all(request: Request) -> Response:
         if refused := _refusal(owner, request):
@@ -111,13 +132,22 @@ def admin_routes(owner: Subscriptions) -> list[Route]:
         limit = _limit(request)
         if isinstance(limit, Response):
             return limit
+        wait = _wait(request)
+        if isinstance(wait, Response):
+            return wait
         results = await owner.dead_letters.replay_all(
-            origin_topic=request.query_params.get("topic"), limit=limit
+            origin_topic=request.query_params.get("topic"), limit=limit, wait=wait
         )
-        failed = {key: value for key, value in results.items() if value != "replayed"}
+        values = list(results.values())
+        counts = {
+            "published": sum(value == "published" for value in values),
+            "processed": sum(value == "processed" for value in values),
+            "parked_again": sum(value.startswith("parked again") for value in values),
+            "failed": sum(value.startswith("failed") for value in values),
+        }
         return JSONResponse(
-            {"results": results, "replayed": len(results) - len(failed), "failed": len(failed)},
-            status_code=200 if not failed else 207,
+            {"results": results, **counts},
+            status_code=207 if counts["failed"] or counts["parked_again"] else 200,
         )
 
     async def purge(request: Request) -> Response:

@@ -33,7 +33,7 @@ from todo_observability.exceptions import ObservabilityError
 from todo_observability.metrics import DEAD_LETTER_REPLAYS, DEAD_LETTERS_PARKED, MetricSet
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from todo_observability.dapr.client import DaprClient
 
@@ -122,13 +122,22 @@ def classify(
     else is a RETRY with the exception's class name as the reason.
     """
     if isinstance(exc, HandlerOutcome):
-        return exc.outcome, exc.reason, exc.detail
-    detail = f"{type(exc).__name__}: {exc}"[:MAX_DETAIL]
+        return exc.outcome, str(exc.reason), str(exc.detail)
+    name = type(exc).__name__
+    detail = f"{name}: {_describe(exc)}"[:MAX_DETAIL]
     if _is_validation_error(exc):
         return Outcome.DROP, "validation", detail
     if drop_on and isinstance(exc, tuple(drop_on)):
-        return Outcome.DROP, type(exc).__name__, detail
-    return Outcome.RETRY, type(exc).__name__, detail
+        return Outcome.DROP, name, detail
+    return Outcome.RETRY, name, detail
+
+
+def _describe(exc: BaseException) -> str:
+    """`str(exc)`, or a marker when the exception cannot say what it is (its `__str__` raises)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the handling of its failure
+        return f"<{type(exc).__name__} whose str() raised>"
 
 
 @dataclass(frozen=True)
@@ -542,16 +551,33 @@ class DeadLetters:
     id, type, source and data, in a PRODUCER span linked to the original trace;
     the message leaves the park only once the sidecar accepted the publish.
 
+    A replay reports what became of each message: `published` (the sidecar accepted it),
+    and, when asked to wait, `processed` (the idempotency store saw it through) or `parked
+    again (<reason>)`.
+
     Args:
         store: Where parked messages live.
         client: The sidecar client replays publish through.
         metrics: The metric set the parked gauge and replay counter live in.
+        idempotency: The subscriber's idempotency store, if it can say that a key was
+            processed (`processed(key)`); without one a wait sees only a message parked again.
     """
 
-    def __init__(self, store: DeadLetterStore, client: DaprClient | None, metrics: MetricSet):
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        client: DaprClient | None,
+        metrics: MetricSet,
+        *,
+        idempotency: object | None = None,
+    ):
         self.store = store
         self.client = client
         self.metrics = metrics
+        processed = getattr(idempotency, "processed", None)
+        self._processed: Callable[[str], Awaitable[bool]] | None = (
+            processed if callable(processed) else None
+        )
         self._known_topics: set[str] = set()
 
     async def refresh_gauge(self) -> dict[str, int]:
@@ -623,8 +649,7 @@ class DeadLetters:
             outcome = "success"
         finally:
             self.metrics.child(DEAD_LETTER_REPLAYS, message.origin_topic, outcome).inc()
-        await self.store.remove(park_id)
-        await self.refresh_gauge()
+        await self._remove_unless_parked_again(message)
         return message
 
     async def _reschedule(self, message: ParkedMessage) -> ParkedMessage:
@@ -644,21 +669,65 @@ class DeadLetters:
             outcome = "success"
         finally:
             self.metrics.child(DEAD_LETTER_REPLAYS, message.origin_topic, outcome).inc()
-        await self.store.remove(message.park_id)
-        await self.refresh_gauge()
+        await self._remove_unless_parked_again(message)
         return message
 
+    async def _remove_unless_parked_again(self, message: ParkedMessage) -> None:
+        """Take the replayed record out of the park, unless the replay already came back to it.
+
+        A replay that fails at once can be dead-lettered and parked again before the sidecar's
+        answer to the publish arrives: that newer record (its own `parked_at`) must stay.
+        """
+        current = await self.store.get(message.park_id)
+        if current is not None and current.parked_at == message.parked_at:
+            await self.store.remove(message.park_id)
+        await self.refresh_gauge()
+
+    async def fate(self, message: ParkedMessage, *, wait: float) -> str:
+        """What became of `message` since it was replayed, looking for at most `wait` seconds.
+
+        `processed`, `parked again (<reason>)`, or `published` when neither was seen in time.
+        """
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        while True:
+            current = await self.store.get(message.park_id)
+            if current is not None and current.parked_at != message.parked_at:
+                return f"parked again ({current.reason})"
+            if (
+                message.kind != "job"
+                and self._processed is not None
+                and await self._processed(message.park_id)
+            ):
+                return "processed"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "published"
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 2, 1.0)
+
     async def replay_all(
-        self, *, origin_topic: str | None = None, limit: int = 1000
+        self, *, origin_topic: str | None = None, limit: int = 1000, wait: float = 0.0
     ) -> dict[str, str]:
-        """Replay every parked message (of `origin_topic`); `{park_id: "replayed" | error}`."""
+        """Replay every parked message (of `origin_topic`); what became of each, by park id.
+
+        Each value is `published`, `processed`, `parked again (<reason>)` (see `fate`; the
+        last two only when `wait` seconds are given to watch), or why the replay failed.
+        """
         results: dict[str, str] = {}
+        published: list[ParkedMessage] = []
         for message in await self.store.list(origin_topic=origin_topic, limit=limit):
             try:
-                await self.replay(message.park_id)
-                results[message.park_id] = "replayed"
+                published.append(await self.replay(message.park_id))
+                results[message.park_id] = "published"
             except (ObservabilityError, KeyError) as exc:  # noqa: PERF203 - one replay failing must not stop the others
-                results[message.park_id] = str(exc)
+                results[message.park_id] = f"failed: {exc}"
+        if wait > 0 and published:
+            deadline = time.monotonic() + wait
+            fates = await asyncio.gather(
+                *(self.fate(m, wait=max(0.0, deadline - time.monotonic())) for m in published)
+            )
+            results.update((m.park_id, fate) for m, fate in zip(published, fates, strict=True))
         return results
 
     async def purge(self, park_id: str) -> bool:

@@ -42,6 +42,10 @@ class IdempotencyStore(Protocol):
         """Processing `key` failed: a later claim may take it again."""
 
 
+# A store may also offer `async def processed(self, key: str) -> bool` (both stores here do): a
+# look that takes nothing. Replays use it to report that a replayed message was processed.
+
+
 class InMemoryIdempotencyStore:
     """Keys in process memory, the most recent `max_keys` processed ones remembered.
 
@@ -78,6 +82,10 @@ class InMemoryIdempotencyStore:
     async def release(self, key: str) -> None:
         """Let `key` be claimed again."""
         self._busy.pop(key, None)
+
+    async def processed(self, key: str) -> bool:
+        """Whether `key` was processed (a look that claims nothing)."""
+        return key in self._done
 
 
 def _flat(key: str) -> str:
@@ -143,3 +151,8 @@ class DaprStateIdempotencyStore:
     async def release(self, key: str) -> None:
         """Let `key` be claimed again."""
         await self.client.delete_state(self.store, self.prefix + _flat(key))
+
+    async def processed(self, key: str) -> bool:
+        """Whether `key` was processed (a look that claims nothing)."""
+        value, _etag = await self.client.get_state(self.store, self.prefix + _flat(key))
+        return isinstance(value, dict) and value.get("state") == "done"

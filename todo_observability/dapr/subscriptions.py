@@ -60,6 +60,7 @@ from todo_observability.dapr.dead_letters import (
     InMemoryDeadLetterStore,
     Outcome,
     ParkedMessage,
+    _describe,
     body_text,
     classify,
     now,
@@ -430,7 +431,10 @@ class Subscriptions:
         """The park: list, replay and purge parked messages."""
         if self._dead_letters is None:
             self._dead_letters = DeadLetters(
-                self.dead_letter_store, self.client, self._signals().metrics
+                self.dead_letter_store,
+                self.client,
+                self._signals().metrics,
+                idempotency=self.idempotency,
             )
         return self._dead_letters
 
@@ -603,18 +607,25 @@ class Subscriptions:
             message = Message(
                 event_id, origin_topic, sub.topic, sub.pubsub, data, event, headers, attempt
             )
+            completed = False
             try:
-                await sub.handler(message)  # type: ignore[misc]
-            except Exception as exc:  # noqa: BLE001 - any handler failure is an outcome, never a 500
-                outcome, reason, detail = classify(exc, sub.drop_on)
+                try:
+                    await sub.handler(message)  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001 - any handler failure is an outcome, never a 500
+                    outcome, reason, detail = classify(exc, sub.drop_on)
+                    await self.dead_letter_store.note_failure(
+                        key, FailureNote(outcome.value, reason, detail, attempt, now())
+                    )
+                    return _Processed(outcome, reason, detail, attempt, error=exc)
                 if self.idempotency:
+                    await self.idempotency.complete(key)
+                completed = True
+            finally:
+                # Whatever happened (a failure, a failure to describe it, a cancellation), an
+                # unfinished claim is given back: a claim left behind would answer every
+                # redelivery and replay "in progress" until it times out.
+                if not completed and self.idempotency:
                     await self.idempotency.release(key)
-                await self.dead_letter_store.note_failure(
-                    key, FailureNote(outcome.value, reason, detail, attempt, now())
-                )
-                return _Processed(outcome, reason, detail, attempt, error=exc)
-            if self.idempotency:
-                await self.idempotency.complete(key)
             self._attempts.forget(key)
             if attempt > 1:
                 # A redelivery succeeded: its failures are moot, and a copy dead-lettered
@@ -1008,8 +1019,19 @@ _CANCELLED = _Processed(Outcome.RETRY, "cancelled", "the delivery was cancelled"
 def _mark_failure(span: trace.Span, result: _Processed) -> None:
     span.set_attribute("error.type", result.reason)
     if result.error is not None:
-        span.record_exception(result.error)
+        _record_exception(span, result.error)
     span.set_status(Status(StatusCode.ERROR, f"{result.outcome.value}: {result.detail}"))
+
+
+def _record_exception(span: trace.Span, error: BaseException) -> None:
+    """`span.record_exception(error)`, also for an exception whose `str()` raises."""
+    try:
+        span.record_exception(error)
+    except Exception:  # noqa: BLE001 - OpenTelemetry calls str(error), which a hostile class breaks
+        span.add_event(
+            "exception",
+            {"exception.type": type(error).__qualname__, "exception.message": _describe(error)},
+        )
 
 
 class _Delivery(UnitOfWork):
