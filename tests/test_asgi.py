@@ -429,6 +429,61 @@ async def test_baggage_restores_request_id_and_user_id(
     assert (line["request_id"], line["user_id"]) == ("up-42", "ann")
 
 
+async def test_repeated_baggage_fields_are_combined(
+    make_observability: Factory, captured_logs: LogCapture
+) -> None:
+    # RFC 9110 section 5.3: repeated list fields are one list, in order; the last one does not win.
+    app = tasks_app()
+    make_observability(app)
+    async with client(app) as http:
+        response = await http.get(
+            "/tasks/1", headers=[("baggage", "request_id=up-42"), ("baggage", "user_id=ann")]
+        )
+    assert response.headers["x-request-id"] == "up-42"
+    [line] = captured_logs.find(message="task read")
+    assert (line["request_id"], line["user_id"]) == ("up-42", "ann")
+
+
+async def test_repeated_tracestate_fields_are_combined_in_order(
+    make_observability: Factory,
+) -> None:
+    app = tasks_app()
+    obs = make_observability(app)
+    async with client(app) as http:
+        await http.get(
+            "/tasks/1",
+            headers=[
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                ("tracestate", "rojo=00f067aa0ba902b7"),
+                ("tracestate", "congo=t61rcWkgMzE"),
+            ],
+        )
+    [span] = server_spans(obs)
+    assert span.parent is not None
+    assert span.context.trace_state.to_header() == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+async def test_a_repeated_traceparent_restarts_the_trace(make_observability: Factory) -> None:
+    app = tasks_app()
+    obs = make_observability(app)
+    async with client(app) as http:
+        await http.get(
+            "/tasks/1",
+            headers=[
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319d-b7ad6b7169203331-01"),
+                ("tracestate", "congo=t61rcWkgMzE"),
+            ],
+        )
+    [span] = server_spans(obs)
+    assert span.parent is None
+    assert f"{span.context.trace_id:032x}" not in {
+        "0af7651916cd43dd8448eb211c80319c",
+        "0af7651916cd43dd8448eb211c80319d",
+    }
+    assert "congo" not in span.context.trace_state
+
+
 async def test_header_request_id_wins_over_baggage(make_observability: Factory) -> None:
     app = tasks_app()
     make_observability(app)

@@ -13,6 +13,7 @@ from todo_observability._observability import Observability, UserIdResolver, _re
 from todo_observability.asgi import ObservabilityMiddleware
 from todo_observability.config import resolve_settings
 from todo_observability.health.checks import event_loop_lag
+from todo_observability.propagation import _install_default_propagator
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -165,6 +166,8 @@ def configure(
     if obs._owns_provider and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
         # Libraries instrumented with OpenTelemetry (SQLAlchemy, ...) use the global provider.
         trace.set_tracer_provider(obs.tracer_provider)
+    # W3C Trace Context as it now reads, unless OTEL_PROPAGATORS (or the code) chose a propagator.
+    obs._restore_propagator = _install_default_propagator()
     _register(obs)
     if app is not None:
         obs._uninstall = _install(app, obs)

@@ -123,6 +123,7 @@ class Observability:
             self.health.add(check)
         self._logging: logs.LoggingSetup | None = None
         self._uninstall: Callable[[], None] | None = None
+        self._restore_propagator: Callable[[], None] | None = None
         self._closed = False
 
     def _set_target_info(self) -> None:
@@ -150,6 +151,9 @@ class Observability:
         if self._uninstall is not None:
             uninstall, self._uninstall = self._uninstall, None
             uninstall()
+        if self._restore_propagator is not None:
+            restore, self._restore_propagator = self._restore_propagator, None
+            restore()
         if self.registry.get_target_info() == self._target_info:
             self.registry.set_target_info(None)
         if self._owns_provider:

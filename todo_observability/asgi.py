@@ -27,6 +27,7 @@ from todo_observability.metrics import (
     STANDARD_METHODS,
     UNMATCHED_ROUTE,
 )
+from todo_observability.propagation import _add_field
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -147,7 +148,7 @@ class ObservabilityMiddleware:
             elif name in propagation_headers:
                 if carrier is None:
                     carrier = {}
-                carrier[name.decode("latin-1")] = value.decode("latin-1")
+                _add_field(carrier, name.decode("latin-1"), value.decode("latin-1"))
             elif name == user_id_header:
                 raw_user_id = value
             if captured_headers and name in captured_headers:

@@ -278,6 +278,65 @@ async def test_baggage_restores_request_and_user_ids(
     assert line["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
 
 
+async def test_repeated_propagation_fields_of_a_delivery_are_combined(
+    make_observability: Any, captured_spans: Any
+) -> None:
+    # Broker headers arrive as separate fields; RFC 9110 section 5.3 makes each one list.
+    seen: list[tuple[Any, Any]] = []
+    subs = Subscriptions()
+
+    @subs.subscribe("pubsub", "task-events")
+    async def handle(message: Message) -> None:
+        from todo_observability import get_request_id, get_user_id
+
+        seen.append((get_request_id(), get_user_id()))
+
+    app = app_with(subs, make_observability)
+    async with client(app) as http:
+        response = await http.post(
+            ROUTE,
+            content=json.dumps(cloudevent()).encode(),
+            headers=[
+                ("content-type", "application/cloudevents+json"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                ("tracestate", "rojo=00f067aa0ba902b7"),
+                ("tracestate", "congo=t61rcWkgMzE"),
+                ("baggage", "request_id=req-42"),
+                ("baggage", "user_id=alice"),
+            ],
+        )
+    assert response.json() == {"status": "SUCCESS"}
+    assert seen == [("req-42", "alice")]
+    [span] = consumer_spans(captured_spans)
+    assert span.context.trace_state.to_header() == "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+
+
+async def test_a_repeated_traceparent_header_of_a_delivery_is_not_the_parent(
+    make_observability: Any, captured_spans: Any
+) -> None:
+    subs = Subscriptions()
+
+    @subs.subscribe("pubsub", "task-events")
+    async def handle(message: Message) -> None:
+        pass
+
+    app = app_with(subs, make_observability)
+    async with client(app) as http:
+        await http.post(
+            ROUTE,
+            content=json.dumps(cloudevent()).encode(),
+            headers=[
+                ("content-type", "application/cloudevents+json"),
+                ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                ("traceparent", "00-11111111111111111111111111111111-b7ad6b7169203331-01"),
+            ],
+        )
+    [span] = consumer_spans(captured_spans)
+    # Neither header field names the parent: the CloudEvent's own traceparent does.
+    assert span.attributes["todo_observability.trace_parent_source"] == "cloudevent.traceparent"
+    assert f"{span.context.trace_id:032x}" != "11111111111111111111111111111111"
+
+
 async def test_a_duplicate_is_acknowledged_without_running_the_handler(
     make_observability: Any, metrics_registry: Any
 ) -> None:

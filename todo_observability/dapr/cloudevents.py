@@ -16,11 +16,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from todo_observability._json import DECODE_ERRORS as _JSON_ERRORS
 from todo_observability._json import loads as _loads
 from todo_observability.exceptions import ObservabilityError
+from todo_observability.propagation import W3CTraceState
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -165,7 +166,7 @@ class TraceOrigin:
                     span_id=int(match.group(2), 16),
                     is_remote=True,
                     trace_flags=TraceFlags(int(match.group(3), 16) & 1),
-                    trace_state=TraceState.from_header([state])
+                    trace_state=W3CTraceState.from_header([state])
                     if isinstance(state, str) and state
                     else None,
                 )

@@ -80,6 +80,7 @@ from todo_observability.metrics import (
     MESSAGING_PROCESSED,
     MetricSet,
 )
+from todo_observability.propagation import _add_field
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -939,10 +940,9 @@ class _DeliveryEndpoint(_SelfObserved):
         body = await self._accept(scope, receive, send)
         if body is None:
             return
-        headers = {
-            name.decode("latin-1").lower(): value.decode("latin-1")
-            for name, value in scope["headers"]
-        }
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            _add_field(headers, name.decode("latin-1").lower(), value.decode("latin-1"))
         if self.subscription.bulk is not None and not headers.get("content-type", "").startswith(
             "application/cloudevents"
         ):
