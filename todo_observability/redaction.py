@@ -73,14 +73,18 @@ _MAX_CACHED_KEYS = 4096
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # The password of `scheme://user:password@host`. Greedy up to the last `@` of the authority:
-# passwords with an unescaped `@` are common in hand-written DSNs.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s/?#@:]*:)[^\s/?#]+(?=@)")
+# passwords with an unescaped `@` are common in hand-written DSNs. Starting at the literal `://`
+# (not at the scheme) lets the regex engine skip ahead to it instead of trying every letter.
+_URL_PASSWORD = re.compile(r"(://[^\s/?#@:]*:)[^\s/?#]+(?=@)")
 _AUTH_SCHEME = re.compile(r"\b(bearer|basic)(\s+)([A-Za-z0-9\-._~+/]+=*)", re.IGNORECASE)
 _JWT = re.compile(r"eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 # `name=value`: query parameters, and the same shape in prose or libpq DSNs (`password=...`).
 _PAIR = re.compile(
     r"(?<![A-Za-z0-9_.\-\[\]])([A-Za-z0-9_.\-\[\]]{1,64})=(\"[^\"]*\"|'[^']*'|[^\s&#]+)"
 )
+# The names of `name=value` pairs, read backwards from each `=` in the reversed text: a pattern
+# that starts with a literal is searched fast, one that starts with a class of characters is not.
+_REVERSED_PAIR_NAME = re.compile(r"=([A-Za-z0-9_.\-\[\]]{1,64})")
 # `"name": "value"` and `'name': 'value'`: JSON, and the repr of a dict in a message.
 _QUOTED_PAIR = re.compile(
     r"""(["'])([^"'\s]{1,64})\1(\s*:\s*)(?:(["'])(?:\\.|(?!\4).)*\4|[^\s,}\]]+)"""
@@ -179,7 +183,9 @@ class Redactor:
             text = _AUTH_SCHEME.sub(_auth_credentials, text)
         if jwt:
             text = _JWT.sub(REDACTED, text)
-        if pair:
+        if pair and any(
+            self.is_sensitive(name[::-1]) for name in _REVERSED_PAIR_NAME.findall(text[::-1])
+        ):
             text = _PAIR.sub(self._pair, text)
         if quoted:
             text = _QUOTED_PAIR.sub(self._quoted_pair, text)
