@@ -32,6 +32,7 @@ from examples import (
     http_client,
     plugin,
     quickstart,
+    scrubbing,
     starlette_app,
     traced_measured,
     user_id,
@@ -657,3 +658,33 @@ def test_metrics_page_lists_the_whole_catalogue() -> None:
         for row in rows
     ]
     assert documented == [(spec.name, spec.type, spec.labels, spec.help) for spec in CATALOGUE]
+
+
+# --- scrubbing --------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_scrubbing_example_keeps_every_secret_out_of_lines_and_probe_bodies(
+    build: Callable[..., Built], captured_logs: LogCapture
+) -> None:
+    service = build(scrubbing.create_app, health_details="full")
+    async with service.client() as client:
+        assert (await client.post("/login")).json() == {"ok": False}
+        ready = await client.get("/health/ready")
+    lines = [line for line in captured_logs.lines if line["logger"] == "examples.scrubbing"]
+    text = json.dumps(lines) + ready.text
+    assert "s3cr3t-pw" not in text
+    assert "tok-123" not in text
+    connecting, refused, failed = lines
+    assert connecting["message"] == (
+        "connecting to postgresql://todo:[REDACTED]@db.internal:5432/todo"
+    )
+    assert refused["context"] == {
+        "url": "https://api.example.com/v1/me?page=1&access_token=[REDACTED]",
+        "headers": {"Authorization": "[REDACTED]", "Accept": "application/json"},
+        "db_pass": "[REDACTED]",
+    }
+    assert failed["exception"]["message"] == "token=[REDACTED] was rejected"
+    assert ready.json()["checks"]["database"]["error"] == (
+        "ConnectionError: could not connect to postgresql://todo:[REDACTED]@db.internal:5432/todo"
+    )

@@ -1,19 +1,22 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 
 from todo_observability import bind_context, get_logger
 from todo_observability.context import RequestContext, _enter_context, _exit_context
-from todo_observability.logs import JsonFormatter, configure_logging
-from todo_observability.redaction import REDACTED, Redactor
+from todo_observability.logs import UNRENDERABLE, JsonFormatter, configure_logging
+from todo_observability.redaction import CIRCULAR, REDACTED, Redactor
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -232,3 +235,242 @@ def test_without_orjson_the_standard_json_backend_writes_the_same_line() -> None
     assert [base for base, _ in outputs] == ["JsonFormatter", "OrjsonFormatter"]
     assert outputs[0][1] == outputs[1][1]
     assert json.loads(outputs[0][1])["message"] == "café 1"
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("str() of this exception fails")
+
+
+class _Opaque:
+    """An object whose str() and repr() both fail."""
+
+    def __repr__(self) -> str:
+        raise ValueError("repr() of this object fails")
+
+    __str__ = __repr__
+
+
+def _loop() -> dict[str, object]:
+    loop: dict[str, object] = {"name": "a"}
+    loop["self"] = loop
+    return loop
+
+
+def _log_unprintable_exception(log: logging.Logger) -> None:
+    try:
+        raise _Unprintable
+    except _Unprintable:
+        log.exception("boom")
+
+
+@contextlib.contextmanager
+def _json_logger() -> Iterator[tuple[logging.Logger, io.StringIO, io.StringIO]]:
+    """A logger writing through the SDK's formatter on a standard StreamHandler; stderr captured."""
+    stream, stderr = io.StringIO(), io.StringIO()
+    log = logging.getLogger("tests.logs.hostile")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter("svc"))
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    try:
+        with contextlib.redirect_stderr(stderr):
+            yield log, stream, stderr
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+
+
+HOSTILE_CALLS: dict[str, Callable[[logging.Logger], None]] = {
+    "exception whose str fails": _log_unprintable_exception,
+    "int dict keys": lambda log: log.info("m", extra={"d": {1: "a", 2: "b"}}),
+    "tuple dict keys": lambda log: log.info("m", extra={"d": {(1, 2): "a"}}),
+    "integer above 64 bits": lambda log: log.info("m", extra={"n": 2**64, "m": -(2**63) - 1}),
+    "integer of too many digits": lambda log: log.info("m", extra={"n": 10**5000}),
+    "lone surrogate in the message": lambda log: log.info("bad \udc80 text"),
+    "lone surrogate in extra": lambda log: log.info("m", extra={"v": "\ud800", "\udfff": 1}),
+    "argument whose repr fails": lambda log: log.info("value %r", _Opaque()),
+    "argument whose str fails": lambda log: log.info("value %s", _Opaque()),
+    "too few arguments": lambda log: log.info("value %s %s", 1),
+    "extra value whose str fails": lambda log: log.info("m", extra={"o": _Opaque()}),
+    "self-referential dict in extra": lambda log: log.info("m", extra={"d": _loop()}),
+    "not a number": lambda log: log.info("m", extra={"f": float("nan"), "g": float("inf")}),
+}
+
+
+@pytest.mark.parametrize("call", HOSTILE_CALLS.values(), ids=HOSTILE_CALLS.keys())
+def test_a_hostile_log_call_writes_exactly_one_valid_json_line(
+    call: Callable[[logging.Logger], None],
+) -> None:
+    with _json_logger() as (log, stream, stderr):
+        call(log)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1, stderr.getvalue()
+    assert json.loads(lines[0])["logger"] == "tests.logs.hostile"
+    assert stderr.getvalue() == ""
+
+
+def test_what_cannot_be_rendered_is_marked_and_the_rest_kept() -> None:
+    with _json_logger() as (log, stream, _):
+        _log_unprintable_exception(log)
+        log.info("value %s", _Opaque(), extra={"kept": 1})
+        log.info("m", extra={"d": {(1, 2): "a", 3: "b"}, "n": 2**70, "o": _Opaque()})
+        log.info("bad \udc80 text", extra={"loop": _loop()})
+    error, args, values, text = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert error["exception"]["message"] == UNRENDERABLE
+    assert error["exception"]["type"] == "_Unprintable"
+    assert error["message"] == "boom"
+    assert args["message"] == f"value %s {UNRENDERABLE}"
+    assert args["context"] == {"kept": 1}
+    assert values["context"] == {
+        "d": {"(1, 2)": "a", "3": "b"},
+        "n": str(2**70),
+        "o": UNRENDERABLE,
+    }
+    assert text["message"] == "bad \\udc80 text"
+    assert text["context"] == {"loop": {"name": "a", "self": CIRCULAR}}
+
+
+def test_a_self_referential_extra_does_not_raise_into_the_caller_on_the_root_path(
+    clean_root: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream = io.StringIO()
+    setup = configure_logging(stream=stream)
+    try:
+        get_logger("app").info("loop", extra={"d": _loop()})
+    finally:
+        setup.undo()
+    [line] = stream.getvalue().splitlines()
+    assert json.loads(line)["context"] == {"d": {"name": "a", "self": CIRCULAR}}
+    assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_closed_stream_on_the_standard_path_falls_back_to_handle_error(
+    clean_root: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = io.StringIO()
+    stream.close()
+    setup = configure_logging(stream=stream)
+    failed: list[logging.LogRecord] = []
+    monkeypatch.setattr(setup.handler, "handleError", failed.append)
+    log = get_logger("app")
+    try:
+        log.info("plain")
+        log.info("hostile", extra={"d": _loop(), "o": _Opaque()})
+        _log_unprintable_exception(log)
+    finally:
+        setup.undo()
+    assert [record.getMessage() for record in failed] == ["plain", "hostile", "boom"]
+
+
+_KEYS = st.one_of(
+    st.text(max_size=8),
+    st.integers(),
+    st.tuples(st.integers(), st.text(max_size=3)),
+    st.floats(),
+    st.none(),
+    st.booleans(),
+)
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**130), max_value=2**130),
+    st.floats(),
+    st.text(max_size=20),
+    st.binary(max_size=8),
+    st.builds(_Opaque),
+    st.builds(_Unprintable),
+)
+_VALUES = st.recursive(
+    _LEAVES,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.tuples(children, children),
+        st.dictionaries(_KEYS, children, max_size=3),
+        st.sets(st.integers(), max_size=3),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    extra=st.dictionaries(st.text(max_size=6).map(lambda k: f"k_{k}"), _VALUES, max_size=4),
+    looped=st.booleans(),
+    message=st.text(max_size=30),
+    args=st.lists(_LEAVES, max_size=3),
+)
+def test_any_extra_message_and_args_make_exactly_one_valid_json_line(
+    extra: dict[str, object], looped: bool, message: str, args: list[object]
+) -> None:
+    if looped:
+        extra["k_loop"] = extra
+    with _json_logger() as (log, stream, stderr):
+        log.warning(message, *args, extra=extra)
+    # Split on "\n" only, as a log shipper does: U+2028 and friends are valid inside JSON text.
+    line, end = stream.getvalue().split("\n")
+    assert end == ""
+    assert isinstance(json.loads(line), dict)
+    assert stderr.getvalue() == ""
+
+
+def test_without_orjson_hostile_calls_still_write_one_valid_line() -> None:
+    import subprocess
+
+    code = (
+        "import sys, io, logging, json\n"
+        "sys.modules['orjson'] = None\n"
+        "from todo_observability.logs import JsonFormatter\n"
+        "s = io.StringIO(); h = logging.StreamHandler(s); h.setFormatter(JsonFormatter('svc'))\n"
+        "log = logging.getLogger('x'); log.addHandler(h); log.propagate = False; log.setLevel(20)\n"
+        "d = {}; d['d'] = d\n"
+        "log.info('m', extra={'t': {(1, 2): 1}, 'n': 2**70, 'f': float('nan'), 'd': d})\n"
+        "log.info('bad \\udc80')\n"
+        "lines = s.getvalue().split('\\n'); assert len(lines) == 3 and not lines[2], lines\n"
+        "print(json.dumps(json.loads(lines[0])['context'], sort_keys=True))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == {
+        "d": {"d": CIRCULAR},
+        "f": None,
+        "n": str(2**70),  # as with orjson: the line is the same with either backend
+        "t": {"(1, 2)": 1},
+    }
+    assert out.stderr == ""
+
+
+def test_httpx_request_lines_are_quieted_and_scrubbed_when_wanted(
+    clean_root: logging.Logger,
+) -> None:
+    import httpx
+
+    url = "http://svc:hunter2-canary@upstream/status?api_key=hunter2-canary"
+    httpx_logger = logging.getLogger("httpx")
+    assert httpx_logger.level == logging.NOTSET
+
+    def call() -> None:
+        with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200))) as http:
+            http.get(url)
+
+    quiet = io.StringIO()
+    setup = configure_logging(stream=quiet)
+    try:
+        call()  # the root is at INFO, httpx's own INFO line names every URL in full
+    finally:
+        setup.undo()
+    assert quiet.getvalue() == ""
+    assert httpx_logger.level == logging.NOTSET
+
+    httpx_logger.setLevel(logging.INFO)  # the user asks for those lines: they get them, scrubbed
+    wanted = io.StringIO()
+    setup = configure_logging(stream=wanted)
+    try:
+        call()
+    finally:
+        setup.undo()
+        httpx_logger.setLevel(logging.NOTSET)
+    [line] = [json.loads(text) for text in wanted.getvalue().splitlines()]
+    assert line["logger"] == "httpx"
+    assert "hunter2-canary" not in line["message"]
+    assert f"api_key={REDACTED}" in line["message"]

@@ -22,6 +22,7 @@ from todo_observability.testing import SpanCapture, metric_value
 from todo_observability.tracing import (
     CountingBatchSpanProcessor,
     GuardedSpanExporter,
+    ScrubbingSpanExporter,
     build_tracer_provider,
 )
 
@@ -327,7 +328,9 @@ def test_otlp_exporter_posts_to_the_traces_path_of_the_endpoint() -> None:
     assert isinstance(processor, CountingBatchSpanProcessor)
     guarded = processor._batch_processor._exporter
     assert isinstance(guarded, GuardedSpanExporter)
-    assert guarded.exporter._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
+    scrubbing = guarded.exporter
+    assert isinstance(scrubbing, ScrubbingSpanExporter)
+    assert scrubbing.exporter._endpoint == "http://collector:4318/v1/traces"  # type: ignore[attr-defined]
     provider.shutdown()
 
 

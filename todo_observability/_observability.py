@@ -95,7 +95,7 @@ class Observability:
         self._owns_provider = tracer_provider is None
         if tracer_provider is None:
             tracer_provider, self.span_exporter = build_tracer_provider(
-                settings, self.metrics.counter(SPANS_DROPPED)
+                settings, self.metrics.counter(SPANS_DROPPED), self.redactor
             )
         self.tracer_provider: TracerProvider = tracer_provider
         self.tracer: Tracer = tracer_provider.get_tracer(TRACER_NAME, __version__)

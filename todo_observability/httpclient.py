@@ -21,6 +21,7 @@ from todo_observability.context import (
     current_context,
 )
 from todo_observability.metrics import OTHER_METHOD, STANDARD_METHODS
+from todo_observability.tracing import _record_exception
 
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
@@ -58,12 +59,13 @@ def inject_correlation(
 class _Call:
     """One outgoing request: span, propagation headers, and metrics when it ends."""
 
-    __slots__ = ("method", "metrics", "server", "span", "start")
+    __slots__ = ("method", "metrics", "redactor", "server", "span", "start")
 
     def __init__(self, request: httpx.Request, observability: Observability | None):
         signals = _current_signals(observability.signals if observability is not None else None)
         tracer = signals.tracer
         self.metrics = signals.metrics
+        self.redactor = signals.redactor
         method = request.method
         self.method = method if method in STANDARD_METHODS else OTHER_METHOD
         url = request.url
@@ -75,7 +77,10 @@ class _Call:
                     "http.request.method": self.method,
                     "server.address": self.server,
                     "server.port": url.port or (443 if url.scheme == "https" else 80),
-                    "url.full": str(url.copy_with(query=None, fragment=None)),
+                    # Neither the query (api_key=...) nor the user-info goes on the span.
+                    "url.full": str(
+                        url.copy_with(username=None, password=None, query=None, fragment=None)
+                    ),
                 }
             )
         inject_correlation(request.headers, span, request_id_header=signals.request_id_header)
@@ -93,9 +98,9 @@ class _Call:
             if status is not None:
                 span.set_attribute("http.response.status_code", status)
             if error is not None:
-                span.record_exception(error)
+                message = _record_exception(span, error, self.redactor)
                 span.set_attribute("error.type", type(error).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, str(error)))
+                span.set_status(Status(StatusCode.ERROR, message))
             elif status is not None and status >= 400:
                 span.set_attribute("error.type", str(status))
                 span.set_status(Status(StatusCode.ERROR))

@@ -4,12 +4,18 @@ Every line is one JSON object with `timestamp` (RFC 3339, UTC, milliseconds,
 `Z`), `level`, `service_name`, `logger`, `message`, `request_id`, `user_id`,
 `trace_id`, `span_id` and `context` (bound fields and `extra=`), plus an
 `exception` object (type, message, stack) when one is logged.
+
+A log call never loses its line and never raises into the caller: what cannot be
+rendered (an argument whose `repr` fails, a value JSON cannot hold) becomes
+`[UNRENDERABLE]` in a line that is still valid JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -20,7 +26,7 @@ from opentelemetry import trace
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter
 
 from todo_observability.context import _current_fields, current_context
-from todo_observability.redaction import Redactor
+from todo_observability.redaction import CIRCULAR, REDACTED, TOO_DEEP, Redactor
 
 _JsonBase: type[BaseJsonFormatter]
 try:  # orjson is optional; python-json-logger's orjson formatter is used when it is there.
@@ -28,16 +34,30 @@ try:  # orjson is optional; python-json-logger's orjson formatter is used when i
 except ImportError:  # pragma: no cover - exercised by the no-orjson test session
     from pythonjsonlogger.json import JsonFormatter as _JsonBase
 
-__all__ = ["ACCESS_LOGGER", "JsonFormatter", "LoggingSetup", "configure_logging", "get_logger"]
+__all__ = [
+    "ACCESS_LOGGER",
+    "UNRENDERABLE",
+    "JsonFormatter",
+    "LoggingSetup",
+    "configure_logging",
+    "get_logger",
+]
 
 ACCESS_LOGGER = "todo_observability.access"
 """The logger that writes one line per HTTP request."""
+UNRENDERABLE = "[UNRENDERABLE]"
+"""What a value that cannot be rendered becomes (a failing `str`, an integer JSON cannot hold)."""
 _TRUSTED_CONTEXT_ATTR = "todo_context"
 """A record attribute holding context fields that need no redaction (the SDK's own)."""
 _HANDLER_MARK = "_todo_observability_handler"
 # uvicorn adds `color_message` (the message with ANSI colours) to its records: not context.
 _SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", "color_message", _TRUSTED_CONTEXT_ATTR}
 _INVALID_SPAN_ID = trace.INVALID_SPAN_ID
+_MAX_DEPTH = 32
+_COULD_NOT_ENCODE = "__could_not_encode__"
+"""python-json-logger's answer for an object whose str() fails; ours is UNRENDERABLE."""
+# orjson holds integers in [-2**63, 2**64); the standard library any size.
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 
 LogEnricher = Callable[[dict[str, Any]], None]
 Correlation = tuple[str, "str | None", "str | None", trace.SpanContext]
@@ -68,6 +88,12 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         self.service_name = service_name
         self.redactor = redactor or Redactor()
         self.enrichers = tuple(enrichers)
+        self._base_default: Callable[[Any], Any] = (
+            self.json_default or self.json_encoder().default  # type: ignore[has-type]
+        )
+        # What the encoder makes of other objects (str() of them, a dataclass's fields) is
+        # scrubbed like any value, and an object whose rendering fails is marked, not fatal.
+        self.json_default = self._default
         self._second = -1
         self._second_text = ""
 
@@ -80,14 +106,72 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        """Render `record` as one JSON line."""
-        data = self.fields(record.levelname, record.name, record.getMessage(), record.created)
-        data["context"] = self._context(record)
-        if record.exc_info and record.exc_info[1] is not None:
-            data["exception"] = self._exception(record)
-        if record.stack_info:
-            data["stack"] = self.formatStack(record.stack_info)
+        """Render `record` as one JSON line; this never raises (see `UNRENDERABLE`)."""
+        scrub = self.redactor.scrub_text
+        try:
+            data = self.fields(
+                record.levelname, record.name, scrub(record.getMessage()), record.created
+            )
+            data["context"] = self._context(record)
+            if record.exc_info and record.exc_info[1] is not None:
+                data["exception"] = self._exception(record)
+            if record.stack_info:
+                data["stack"] = scrub(self.formatStack(record.stack_info))
+        except Exception:  # noqa: BLE001 - the line is written anyway, piece by piece
+            # RecursionError included: StreamHandler.emit re-raises it into the caller.
+            data = self._salvage(record)
         return self.render(data)
+
+    def _salvage(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The line of a record whose normal rendering failed: each part that fails is marked."""
+        scrub = self.redactor.scrub_text
+        try:
+            message = scrub(record.getMessage())
+        except Exception:  # noqa: BLE001 - an argument whose str/repr fails, a bad format
+            message = f"{_safe_text(record.msg)} {UNRENDERABLE}"
+        data = self.fields(
+            _safe_text(record.levelname), _safe_text(record.name), message, record.created
+        )
+        data["context"] = self._salvage_context(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            try:
+                data["exception"] = self._exception(record)
+            except Exception:  # noqa: BLE001
+                data["exception"] = {"type": UNRENDERABLE, "message": UNRENDERABLE, "stack": None}
+        if record.stack_info:
+            try:
+                data["stack"] = scrub(self.formatStack(record.stack_info))
+            except Exception:  # noqa: BLE001
+                data["stack"] = UNRENDERABLE
+        return data
+
+    def _salvage_context(self, record: logging.LogRecord) -> dict[Any, Any]:
+        context: dict[Any, Any] = {}
+        try:
+            fields = {**_current_fields(), **record.__dict__}
+        except Exception:  # noqa: BLE001
+            return {"context": UNRENDERABLE}
+        redactor = self.redactor
+        for key, value in fields.items():
+            if key in _SKIP:
+                continue
+            try:
+                context[key] = REDACTED if redactor.is_sensitive(key) else redactor.scrub(value)
+            except Exception:  # noqa: BLE001
+                context[key] = UNRENDERABLE
+        trusted = getattr(record, _TRUSTED_CONTEXT_ATTR, None)
+        if isinstance(trusted, dict):
+            context.update(trusted)
+        return context
+
+    def _default(self, value: Any) -> Any:
+        try:
+            rendered = self._base_default(value)
+        except Exception:  # noqa: BLE001 - e.g. an object whose __str__ raises
+            return UNRENDERABLE
+        if rendered == _COULD_NOT_ENCODE:
+            return UNRENDERABLE
+        return self.redactor.scrub(rendered)
 
     def fields(
         self,
@@ -140,18 +224,61 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
             """Serialise with one reused encoder (python-json-logger builds one per line)."""
             encoder = self.__dict__.get("_encoder")
             if encoder is None:
+                # allow_nan=False: NaN is not JSON; refused here, it becomes null in render().
                 encoder = self._encoder = self.json_encoder(
-                    default=self.json_default, separators=(",", ":")
+                    default=self.json_default, separators=(",", ":"), allow_nan=False
                 )
             line: str = encoder.encode(log_data)
             return line
 
     def render(self, data: dict[str, Any]) -> str:
-        """Let the enrichers (plugins) see the line, then serialise it."""
+        """Let the enrichers (plugins) see the line, then serialise it; this never raises.
+
+        What the encoder refuses (lone surrogates, integers beyond 64 bits with
+        orjson, keys that are not strings, NaN) is made JSON-safe and the line
+        encoded again; only then do the values that cannot be rendered become
+        `UNRENDERABLE`.
+        """
         for enrich in self.enrichers:
             enrich(data)
-        line: str = self.serialize_log_record(data)
+        try:
+            line: str = self.serialize_log_record(data)
+        except Exception:  # noqa: BLE001 - the rare line the encoder refuses: the slow path
+            try:
+                line = self.serialize_log_record(self._jsonable(data, ()))
+            except Exception:  # noqa: BLE001 - nothing of the line can be trusted any more
+                line = _last_resort(data)
         return line
+
+    def _jsonable(self, value: Any, seen: tuple[int, ...]) -> Any:
+        """`value` as what any JSON encoder accepts: str keys, valid text, 64-bit integers."""
+        if isinstance(value, str):
+            return _valid_text(value)
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            if _MIN_INT <= value <= _MAX_INT:
+                return value
+            return _safe_text(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict | list | tuple):
+            if id(value) in seen:
+                return CIRCULAR
+            if len(seen) >= _MAX_DEPTH:
+                return TOO_DEEP
+            seen = (*seen, id(value))
+            if isinstance(value, dict):
+                return {
+                    _valid_text(key) if isinstance(key, str) else _safe_text(key): self._jsonable(
+                        item, seen
+                    )
+                    for key, item in value.items()
+                }
+            return [self._jsonable(item, seen) for item in value]
+        if len(seen) >= _MAX_DEPTH:
+            return TOO_DEEP
+        return self._jsonable(self._default(value), (*seen, id(value)))
 
     def _context(self, record: logging.LogRecord) -> dict[str, Any]:
         bound = _current_fields()
@@ -169,7 +296,39 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         exc = exc_info[1]
         if not record.exc_text:
             record.exc_text = logging.Formatter.formatException(self, exc_info)
-        return {"type": type(exc).__qualname__, "message": str(exc), "stack": record.exc_text}
+        try:
+            message = str(exc)
+        except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still logged
+            message = UNRENDERABLE
+        scrub = self.redactor.scrub_text
+        return {
+            "type": type(exc).__qualname__,
+            "message": scrub(message),
+            "stack": scrub(record.exc_text),
+        }
+
+
+def _valid_text(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate becomes its backslash escape."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _safe_text(value: object) -> str:
+    """`str(value)` as valid text, or `UNRENDERABLE` when it fails."""
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # noqa: BLE001 - a __str__ that raises, an integer of too many digits
+        return UNRENDERABLE
+    return _valid_text(text)
+
+
+def _last_resort(data: dict[str, Any]) -> str:
+    """A minimal line from the fixed fields alone, with the standard library's encoder."""
+    line = {key: _safe_text(data.get(key)) for key in ("timestamp", "level", "logger", "message")}
+    line["context"] = UNRENDERABLE
+    return json.dumps(line, separators=(",", ":"))
 
 
 @dataclass
@@ -179,6 +338,7 @@ class LoggingSetup:
     handler: logging.Handler
     root_level: int
     saved: dict[str, tuple[list[logging.Handler], bool, bool]] = field(default_factory=dict)
+    levels: dict[str, int] = field(default_factory=dict)
 
     superseded: bool = False
 
@@ -199,6 +359,8 @@ class LoggingSetup:
             logger.handlers[:] = handlers
             logger.propagate = propagate
             logger.disabled = disabled
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def configure_logging(
@@ -214,6 +376,8 @@ def configure_logging(
     Adds one handler to the root logger (replacing the one a previous call
     added, never adding a second), sends `uvicorn` and `uvicorn.error` through
     it, and silences `uvicorn.access`, whose line the SDK's access log replaces.
+    `httpx` logs at WARNING unless its level was set: its INFO line holds the full
+    URL of every outgoing call, which client spans already record.
     Nothing is touched until this is called.
 
     Args:
@@ -236,12 +400,18 @@ def configure_logging(
         # Take over from the earlier call: same originals to restore, one handler.
         previous.superseded = True
         root.removeHandler(previous.handler)
-        setup = LoggingSetup(handler, previous.root_level, previous.saved)
+        setup = LoggingSetup(handler, previous.root_level, previous.saved, previous.levels)
     else:
         setup = LoggingSetup(handler, root.level)
         for name in _UVICORN_LOGGERS:
             logger = logging.getLogger(name)
             setup.saved[name] = (list(logger.handlers), logger.propagate, logger.disabled)
+        for name in _QUIETED_LOGGERS:
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                # The user's own choice of level stands; only the inherited INFO is lowered.
+                setup.levels[name] = logger.level
+                logger.setLevel(logging.WARNING)
     root.addHandler(handler)
     root.setLevel(level)
     for name in _UVICORN_LOGGERS:
@@ -254,6 +424,7 @@ def configure_logging(
 
 
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+_QUIETED_LOGGERS = ("httpx",)
 _NO_LOCK = contextlib.nullcontext()
 _installed: LoggingSetup | None = None
 

@@ -5,18 +5,24 @@ collector costs the request path nothing: exports happen on the processor's
 thread, a failing exporter is skipped (without encoding spans) while it backs
 off, and every span that is never exported is counted in
 `todo_observability_spans_dropped_total{reason}`.
+
+Nothing secret leaves with a span: every exporter the SDK builds sits behind
+`ScrubbingSpanExporter`, and the SDK's own spans (`traced`, outgoing calls) are
+scrubbed when they are recorded, for span processors of your own too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -26,13 +32,15 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Link, Status, StatusCode
 
 from todo_observability._decorators import ContextDecorator
 from todo_observability.context import _current_signals
 from todo_observability.exceptions import MissingExtraError
+from todo_observability.redaction import REDACTED, Redactor
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from contextlib import AbstractContextManager
 
     from opentelemetry import trace
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GuardedSpanExporter",
+    "ScrubbingSpanExporter",
     "ZipkinFileSpanExporter",
     "build_tracer_provider",
     "traced",
@@ -49,6 +58,141 @@ __all__ = [
 
 
 _log = logging.getLogger("todo_observability.tracing")
+# Attributes of the SDK's own whose names look sensitive but whose values are not secrets.
+_NOT_SECRET_KEYS = frozenset({"messaging.kafka.message.key"})
+
+
+def _scrub_attributes(
+    attributes: Mapping[str, Any] | None, redactor: Redactor
+) -> dict[str, Any] | None:
+    """A scrubbed copy of `attributes`, or None when nothing in them needs scrubbing."""
+    if not attributes:
+        return None
+    scrubbed: dict[str, Any] | None = None
+    for key, value in attributes.items():
+        if key not in _NOT_SECRET_KEYS and redactor.is_sensitive(key):
+            new: Any = REDACTED
+        elif isinstance(value, str):
+            new = redactor.scrub_text(value)
+        elif isinstance(value, tuple | list) and any(isinstance(item, str) for item in value):
+            new = tuple(redactor.scrub_text(i) if isinstance(i, str) else i for i in value)
+        else:
+            continue
+        if new != value:
+            if scrubbed is None:
+                scrubbed = dict(attributes)
+            scrubbed[key] = new
+    return scrubbed
+
+
+def _scrubbed_span(span: ReadableSpan, redactor: Redactor) -> ReadableSpan:
+    """`span`, or a copy of it with its name, attributes, events, links and status scrubbed."""
+    scrub = redactor.scrub_text
+    name = scrub(span.name)
+    attributes = _scrub_attributes(span.attributes, redactor)
+    events: list[Event] | None = None
+    for index, event in enumerate(span.events):
+        event_attributes = _scrub_attributes(event.attributes, redactor)
+        if event_attributes is not None:
+            if events is None:
+                events = list(span.events)
+            events[index] = Event(event.name, event_attributes, event.timestamp)
+    links: list[Link] | None = None
+    for index, link in enumerate(span.links):
+        link_attributes = _scrub_attributes(link.attributes, redactor)
+        if link_attributes is not None:
+            if links is None:
+                links = list(span.links)
+            links[index] = Link(link.context, link_attributes)
+    status = span.status
+    description = scrub(status.description) if status.description else status.description
+    if description != status.description:
+        status = Status(status.status_code, description)
+    unchanged = attributes is None and events is None and links is None
+    if unchanged and name == span.name and status is span.status:
+        return span  # the common case: nothing to copy
+    return ReadableSpan(
+        name=name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=span.attributes if attributes is None else attributes,
+        events=span.events if events is None else events,
+        links=span.links if links is None else links,
+        kind=span.kind,
+        status=status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Wraps an exporter so that what is secret in a span never reaches it.
+
+    Each span is passed on scrubbed by `redactor`: values under sensitive
+    attribute keys become `[REDACTED]`, and secrets recognisable by their shape
+    (URL passwords, `Bearer` credentials, JWTs, sensitive query parameters) are
+    replaced in the name, the attributes, the events (the message and stack
+    trace of exception events), the links and the status description. A span
+    with nothing to scrub is passed on as it is, without a copy. This runs on
+    the exporting thread, off the request path.
+
+    `configure()` puts every exporter it builds behind one; wrap your own when
+    you pass `tracer_provider=`:
+
+        provider.add_span_processor(BatchSpanProcessor(ScrubbingSpanExporter(exporter)))
+
+    Args:
+        exporter: Where the scrubbed spans go.
+        redactor: Decides what is sensitive; default patterns when omitted.
+    """
+
+    def __init__(self, exporter: SpanExporter, redactor: Redactor | None = None):
+        self.exporter = exporter
+        self.redactor = redactor or Redactor()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Export `spans`, scrubbed."""
+        redactor = self.redactor
+        return self.exporter.export([_scrubbed_span(span, redactor) for span in spans])
+
+    def shutdown(self) -> None:
+        """Shut the wrapped exporter down."""
+        self.exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Flush the wrapped exporter."""
+        return self.exporter.force_flush(timeout_millis)
+
+
+def _record_exception(span: trace.Span, exc: BaseException, redactor: Redactor) -> str:
+    """Record `exc` on `span` as OpenTelemetry's exception event, its message and stack scrubbed.
+
+    Returns the scrubbed message, for the span's status.
+
+    `Span.record_exception` would call `str(exc)` unguarded and put the raw text on the span,
+    where processors of the user's own see it before any exporter.
+    """
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still recorded
+        message = "<exception str() failed>"
+    kind = type(exc)
+    module = kind.__module__
+    scrub = redactor.scrub_text
+    span.add_event(
+        "exception",
+        {
+            "exception.type": f"{module}.{kind.__qualname__}"
+            if module and module != "builtins"
+            else kind.__qualname__,
+            "exception.message": scrub(message),
+            "exception.stacktrace": scrub("".join(traceback.format_exception(exc))),
+            "exception.escaped": "False",
+        },
+    )
+    return scrub(message)
 
 
 class GuardedSpanExporter(SpanExporter):
@@ -230,12 +374,17 @@ def build_resource(settings: Settings) -> Resource:
 
 
 def build_tracer_provider(
-    settings: Settings, dropped: Counter
+    settings: Settings, dropped: Counter, redactor: Redactor | None = None
 ) -> tuple[TracerProvider, InMemorySpanExporter | None]:
     """A provider sampling ParentBased(TraceIdRatioBased(ratio)) with the configured exporters.
 
+    Every exporter, the in-memory one included, sits behind a `ScrubbingSpanExporter`
+    using `redactor` (default: one with the configured `redact_keys`).
+
     Returns the provider and, when the `memory` exporter is configured, its exporter.
     """
+    if redactor is None:
+        redactor = Redactor(settings.redact_keys)
     provider = TracerProvider(
         resource=build_resource(settings),
         sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
@@ -245,10 +394,13 @@ def build_tracer_provider(
         processor: SpanProcessor
         if name == "memory":
             memory = InMemorySpanExporter()
-            processor = SimpleSpanProcessor(memory)
+            processor = SimpleSpanProcessor(ScrubbingSpanExporter(memory, redactor))
         else:
             processor = CountingBatchSpanProcessor(
-                GuardedSpanExporter(_exporter(name, settings), dropped), dropped
+                GuardedSpanExporter(
+                    ScrubbingSpanExporter(_exporter(name, settings), redactor), dropped
+                ),
+                dropped,
             )
         provider.add_span_processor(processor)
     return provider, memory
@@ -259,18 +411,33 @@ def get_tracer() -> trace.Tracer:
     return _current_signals().tracer
 
 
-def _redacted(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if not attributes:
-        return None
-    return _current_signals().redactor.redact(attributes)
+@contextlib.contextmanager
+def _traced_span(name: str, attributes: Mapping[str, Any] | None) -> Iterator[trace.Span]:
+    signals = _current_signals()
+    redactor = signals.redactor
+    with signals.tracer.start_as_current_span(
+        name,
+        attributes=redactor.redact(attributes) if attributes else None,
+        # Recorded below, scrubbed: the SDK would put the raw message on the span.
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except Exception as exc:  # as the SDK: GeneratorExit and friends are not errors
+            if span.is_recording():
+                message = _record_exception(span, exc, redactor)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+            raise
 
 
 class traced(ContextDecorator):
     """Run a function (sync or async) inside a child span.
 
     The span is named `name` (default: the function's qualified name), carries
-    `attributes` (sensitive keys redacted), records an escaping exception and
-    sets the span status to ERROR, then re-raises.
+    `attributes` (scrubbed: sensitive keys redacted, secret-shaped values
+    replaced), records an escaping exception (its message and stack scrubbed)
+    and sets the span status to ERROR, then re-raises.
 
         @traced("rrule.calculate_next_occurrence", attributes={"component": "recurring"})
         def next_occurrence(rule: str, after: datetime) -> datetime | None: ...
@@ -283,7 +450,4 @@ class traced(ContextDecorator):
         self._attributes = attributes
 
     def _fresh(self, func: Callable[..., Any]) -> AbstractContextManager[trace.Span]:
-        # start_as_current_span records an escaping exception and sets ERROR.
-        return get_tracer().start_as_current_span(
-            self._name or func.__qualname__, attributes=_redacted(self._attributes)
-        )
+        return _traced_span(self._name or func.__qualname__, self._attributes)

@@ -11,12 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 
+from todo_observability.context import _current_signals
+
 if TYPE_CHECKING:
     from types import FrameType
 
     from starlette.types import Receive, Scope, Send
 
     from todo_observability.health.engine import GroupReport, HealthEngine
+    from todo_observability.redaction import Redactor
 
 __all__ = ["HealthEndpoints", "chain_shutdown_signals"]
 
@@ -27,7 +30,8 @@ class HealthEndpoints:
     200 when the group is UP or DEGRADED, 503 when it is DOWN; the JSON body
     has the overall status, the service's name and version, a timestamp and
     each check's status and duration (and, when the detail policy allows, its
-    error and details).
+    error and details, scrubbed: whatever a check returns or raises, a secret in
+    it never reaches the body).
 
     Args:
         engine: The engine that runs the checks.
@@ -37,6 +41,7 @@ class HealthEndpoints:
         details: `"full"` shows errors and details to every caller; `"authenticated"`
             only to callers sending `Authorization: Bearer <token>`.
         token: The token of the `"authenticated"` policy.
+        redactor: Scrubs errors and details; by default the current service's.
     """
 
     def __init__(
@@ -48,6 +53,7 @@ class HealthEndpoints:
         version: str,
         details: str = "full",
         token: str | None = None,
+        redactor: Redactor | None = None,
     ):
         self.engine = engine
         self.paths = dict(paths)
@@ -60,6 +66,7 @@ class HealthEndpoints:
         self._version = version
         self._details = details
         self._token = f"Bearer {token}".encode() if token else None
+        self._redactor = redactor
 
     def _show_details(self, scope: Scope) -> bool:
         if self._details == "full":
@@ -80,13 +87,26 @@ class HealthEndpoints:
             await response(scope, receive, send)
             return
         report = await self._probes[self.paths[scope["path"]]]()
-        body = report.body(
-            service=self._service, version=self._version, details=self._show_details(scope)
-        )
+        details = self._show_details(scope)
+        body = report.body(service=self._service, version=self._version, details=details)
+        if details:
+            self._scrub(body["checks"])
         response = JSONResponse(
             body, status_code=200 if report.healthy else 503, headers={"cache-control": "no-store"}
         )
         await response(scope, receive, send)
+
+    def _scrub(self, checks: dict[str, dict[str, Any]]) -> None:
+        # Every check's, not only the built-in ones' (which scrub their own): a check of the
+        # service's may fail with a driver's message quoting its DSN.
+        redactor = self._redactor or _current_signals().redactor
+        for entry in checks.values():
+            error = entry.get("error")
+            if isinstance(error, str):
+                entry["error"] = redactor.scrub_text(error)
+            details = entry.get("details")
+            if details:
+                entry["details"] = redactor.redact(details)
 
 
 def chain_shutdown_signals(on_shutdown: Callable[[], None]) -> Callable[[], None]:
