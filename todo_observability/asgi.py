@@ -28,6 +28,7 @@ from todo_observability.metrics import (
     UNMATCHED_ROUTE,
 )
 from todo_observability.propagation import _add_field
+from todo_observability.tracing import _record_exception
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -226,7 +227,7 @@ class ObservabilityMiddleware:
         if captured:
             attributes.update(self._redactor.redact(captured))
         if error is not None:
-            span.record_exception(error)
+            _record_exception(span, error, self._redactor)
         if status >= 500 or error is not None:
             attributes["error.type"] = (
                 type(error).__qualname__ if error is not None else str(status)

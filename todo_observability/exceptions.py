@@ -39,3 +39,11 @@ class MissingExtraError(ObservabilityError, ImportError):
             f"Install it with: pip install 'todo-observability[{extra}]'"
         )
         self.extra = extra
+
+
+def _describe(exc: BaseException) -> str:
+    """`str(exc)`, or a marker when the exception cannot say what it is (its `__str__` raises)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the handling of its failure
+        return f"<{type(exc).__name__} whose str() raised>"

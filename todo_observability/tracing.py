@@ -36,7 +36,7 @@ from opentelemetry.trace import Link, Status, StatusCode
 
 from todo_observability._decorators import ContextDecorator
 from todo_observability.context import _current_signals
-from todo_observability.exceptions import MissingExtraError
+from todo_observability.exceptions import MissingExtraError, _describe
 from todo_observability.redaction import REDACTED, Redactor
 
 if TYPE_CHECKING:
@@ -174,10 +174,7 @@ def _record_exception(span: trace.Span, exc: BaseException, redactor: Redactor) 
     `Span.record_exception` would call `str(exc)` unguarded and put the raw text on the span,
     where processors of the user's own see it before any exporter.
     """
-    try:
-        message = str(exc)
-    except Exception:  # noqa: BLE001 - an exception whose __str__ fails is still recorded
-        message = "<exception str() failed>"
+    message = _describe(exc)
     kind = type(exc)
     module = kind.__module__
     scrub = redactor.scrub_text

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link
 
-from todo_observability.exceptions import ObservabilityError
+from todo_observability.exceptions import ObservabilityError, _describe
 from todo_observability.metrics import DEAD_LETTER_REPLAYS, DEAD_LETTERS_PARKED, MetricSet
 
 if TYPE_CHECKING:
@@ -130,14 +130,6 @@ def classify(
     if drop_on and isinstance(exc, tuple(drop_on)):
         return Outcome.DROP, name, detail
     return Outcome.RETRY, name, detail
-
-
-def _describe(exc: BaseException) -> str:
-    """`str(exc)`, or a marker when the exception cannot say what it is (its `__str__` raises)."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001 - a hostile __str__ must not fail the handling of its failure
-        return f"<{type(exc).__name__} whose str() raised>"
 
 
 @dataclass(frozen=True)

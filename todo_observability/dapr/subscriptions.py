@@ -60,7 +60,6 @@ from todo_observability.dapr.dead_letters import (
     InMemoryDeadLetterStore,
     Outcome,
     ParkedMessage,
-    _describe,
     body_text,
     classify,
     now,
@@ -81,6 +80,7 @@ from todo_observability.metrics import (
     MetricSet,
 )
 from todo_observability.propagation import _add_field
+from todo_observability.tracing import _record_exception
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
     from todo_observability._signals import Signals
+    from todo_observability.redaction import Redactor
 
 __all__ = ["Job", "Message", "Subscriptions"]
 
@@ -1016,22 +1017,11 @@ class _Processed:
 _CANCELLED = _Processed(Outcome.RETRY, "cancelled", "the delivery was cancelled")
 
 
-def _mark_failure(span: trace.Span, result: _Processed) -> None:
+def _mark_failure(span: trace.Span, result: _Processed, redactor: Redactor) -> None:
     span.set_attribute("error.type", result.reason)
     if result.error is not None:
-        _record_exception(span, result.error)
+        _record_exception(span, result.error, redactor)
     span.set_status(Status(StatusCode.ERROR, f"{result.outcome.value}: {result.detail}"))
-
-
-def _record_exception(span: trace.Span, error: BaseException) -> None:
-    """`span.record_exception(error)`, also for an exception whose `str()` raises."""
-    try:
-        span.record_exception(error)
-    except Exception:  # noqa: BLE001 - OpenTelemetry calls str(error), which a hostile class breaks
-        span.add_event(
-            "exception",
-            {"exception.type": type(error).__qualname__, "exception.message": _describe(error)},
-        )
 
 
 class _Delivery(UnitOfWork):
@@ -1065,7 +1055,7 @@ class _Delivery(UnitOfWork):
             if result.duplicate:
                 span.set_attribute("todo_observability.duplicate", True)
             if result.outcome is not Outcome.SUCCESS:
-                _mark_failure(span, result)
+                _mark_failure(span, result, self.signals.redactor)
         self._log(result, elapsed)
 
     def _log(self, result: _Processed, elapsed: float) -> None:
@@ -1123,7 +1113,7 @@ class _Trigger(UnitOfWork):
         metrics.child(JOB_TRIGGERS, job_type, result.outcome.label).inc()
         metrics.child(JOB_TRIGGER_DURATION, job_type).observe(elapsed)
         if result.outcome is not Outcome.SUCCESS and span.is_recording():
-            _mark_failure(span, result)
+            _mark_failure(span, result, self.signals.redactor)
         level = logging.INFO if result.outcome is Outcome.SUCCESS else logging.WARNING
         if _log.isEnabledFor(level):
             fields = {
