@@ -56,6 +56,9 @@ def create_frontend(
         log.info("backend answered", extra={"status": response.status_code})
         return {"backend_saw": response.json()}
 
+    # The backend is one of ours: calls to it carry the request id and the user id. Calls to
+    # any other host carry the trace context only.
+    overrides.setdefault("internal_hosts", ["127.0.0.1", "backend"])
     configure(app, service_name="frontend", **overrides)
     return app
 

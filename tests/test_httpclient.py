@@ -54,7 +54,9 @@ async def test_two_services_share_trace_request_id_and_user_id(
         ) as http:
             return (await http.get("/echo")).json()
 
-    up_obs = make_observability(upstream, service_name="backend", registry=up_registry)
+    up_obs = make_observability(
+        upstream, service_name="backend", registry=up_registry, internal_hosts=["recurring"]
+    )
     async with client(upstream) as http:
         response = await http.get("/complete", headers={"X-Request-ID": "flow-1"})
     seen = response.json()
@@ -137,7 +139,7 @@ async def test_error_status_marks_the_client_span(make_observability: Factory) -
 async def test_an_explicit_request_id_header_is_not_overwritten(
     make_observability: Factory,
 ) -> None:
-    obs = make_observability()
+    obs = make_observability(internal_hosts=["a"])
     seen: list[httpx.Request] = []
 
     def record(request: httpx.Request) -> httpx.Response:
@@ -186,3 +188,66 @@ def test_sync_transport_injects_and_measures(
         )
         == 1
     )
+
+
+async def record_outgoing(
+    obs: Observability, url: str, request_id: str, user_id: str
+) -> httpx.Request:
+    """The request an instrumented client sends to `url` inside a unit of work of those ids."""
+    seen: list[httpx.Request] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    from todo_observability.context import RequestContext, _enter_context, _exit_context
+
+    token = _enter_context(RequestContext(request_id, user_id, obs.signals))
+    try:
+        async with httpx.AsyncClient(
+            transport=AsyncInstrumentedTransport(httpx.MockTransport(record), observability=obs)
+        ) as http:
+            await http.get(url)
+    finally:
+        _exit_context(token)
+    [request] = seen
+    return request
+
+
+@pytest.mark.parametrize(
+    ("url", "internal"),
+    [
+        ("http://backend/tasks", True),
+        ("http://notifications.todo.svc.cluster.local/x", True),
+        ("http://todo.svc.cluster.local/x", False),  # the suffix pattern needs a label before it
+        ("https://api.third-party.example/charge", False),
+        ("http://backend.evil.example/", False),
+    ],
+)
+async def test_identity_goes_only_to_internal_hosts(
+    make_observability: Factory, url: str, internal: bool
+) -> None:
+    obs = make_observability(internal_hosts="backend,*.todo.svc.cluster.local")
+    request = await record_outgoing(obs, url, "req-1", "alice")
+    assert "traceparent" in request.headers  # the trace context always flows
+    if internal:
+        assert request.headers["baggage"] == "request_id=req-1,user_id=alice"
+        assert request.headers["x-request-id"] == "req-1"
+    else:
+        assert "user_id" not in request.headers.get("baggage", "")
+        assert "request_id" not in request.headers.get("baggage", "")
+        assert "x-request-id" not in request.headers
+
+
+async def test_by_default_no_host_gets_the_identity(make_observability: Factory) -> None:
+    request = await record_outgoing(make_observability(), "http://anywhere/", "req-2", "bob")
+    assert "bob" not in str(request.headers)
+    assert "req-2" not in str(request.headers)
+
+
+def test_internal_hosts_must_be_host_names() -> None:
+    from todo_observability.config import resolve_settings
+    from todo_observability.exceptions import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"TODO_OBS_INTERNAL_HOSTS.*'http://backend'"):
+        resolve_settings(env={"TODO_OBS_INTERNAL_HOSTS": "http://backend"})

@@ -51,6 +51,8 @@ def configure(
     max_label_values: int | None = None,
     request_id_header: str | None = None,
     user_id_header: str | None = None,
+    trust_incoming_context: bool | None = None,
+    internal_hosts: Iterable[str] | None = None,
     capture_headers: Iterable[str] | None = None,
     load_plugins: bool | None = None,
     registry: CollectorRegistry | None = None,
@@ -89,6 +91,10 @@ def configure(
         max_label_values: `TODO_OBS_MAX_LABEL_VALUES`.
         request_id_header: `TODO_OBS_REQUEST_ID_HEADER`.
         user_id_header: `TODO_OBS_USER_ID_HEADER`; trusted only when set.
+        trust_incoming_context: `TODO_OBS_TRUST_INCOMING_CONTEXT`; false at a public edge, where
+            callers must not choose the `user_id` and `request_id` of the lines they cause.
+        internal_hosts: `TODO_OBS_INTERNAL_HOSTS`, the hosts (or `*.suffix` patterns) outgoing
+            calls carry `user_id` and `request_id` to; the Dapr sidecar always counts.
         capture_headers: `TODO_OBS_CAPTURE_HEADERS`.
         load_plugins: `TODO_OBS_LOAD_PLUGINS`.
         registry: Prometheus registry (default: prometheus_client's global one).
@@ -141,6 +147,8 @@ def configure(
         max_label_values=max_label_values,
         request_id_header=request_id_header,
         user_id_header=user_id_header,
+        trust_incoming_context=trust_incoming_context,
+        internal_hosts=internal_hosts,
         capture_headers=capture_headers,
         load_plugins=load_plugins,
     )

@@ -105,6 +105,7 @@ class Observability:
             self.metrics,
             self.redactor,
             settings.request_id_header,
+            settings.internal_hosts,
         )
         self.metrics_app: ASGIApp = metrics_app(self.registry, target_info=self._target_info)
         resolvers = self.plugins.user_id_resolvers

@@ -35,6 +35,7 @@ class Signals:
         metrics: The catalogue's metrics in the service's registry.
         redactor: Scrubs what the service's signals carry.
         request_id_header: The header that carries the request id (`X-Request-ID`).
+        internal_hosts: Hosts (or `*.suffix` patterns) outgoing calls carry the ids to.
     """
 
     service_name: str
@@ -42,6 +43,15 @@ class Signals:
     metrics: MetricSet
     redactor: Redactor
     request_id_header: str = "X-Request-ID"
+    internal_hosts: tuple[str, ...] = ()
+
+    def is_internal(self, host: str) -> bool:
+        """Whether calls to `host` may carry `user_id` and `request_id` (see `internal_hosts`)."""
+        host = host.lower()
+        for pattern in self.internal_hosts:
+            if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+                return True
+        return False
 
 
 _fallback: Signals | None = None

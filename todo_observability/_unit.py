@@ -28,6 +28,7 @@ from todo_observability.context import (
     _enter_context,
     _exit_context,
     valid_request_id,
+    valid_user_id,
 )
 
 if TYPE_CHECKING:
@@ -45,14 +46,14 @@ _U = TypeVar("_U", bound="UnitOfWork")
 
 
 def baggage_ids(parent: Context | None) -> tuple[str | None, str | None]:
-    """(request id, user id) carried in the baggage of `parent`; an invalid request id is None."""
+    """(request id, user id) carried in the baggage of `parent`; an invalid value is None."""
     if parent is None:
         return None, None
     request_id = baggage.get_baggage(BAGGAGE_REQUEST_ID, parent)
     user_id = baggage.get_baggage(BAGGAGE_USER_ID, parent)
     return (
         valid_request_id(request_id) if isinstance(request_id, str) else None,
-        user_id if isinstance(user_id, str) else None,
+        valid_user_id(user_id) if isinstance(user_id, str) else None,
     )
 
 

@@ -11,13 +11,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import baggage, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from todo_observability._observability import Observability, _active_observability
 from todo_observability._unit import UnitOfWork, baggage_ids
 from todo_observability.config import _probe_paths
-from todo_observability.context import RequestContext, new_request_id, valid_request_id
+from todo_observability.context import (
+    BAGGAGE_REQUEST_ID,
+    BAGGAGE_USER_ID,
+    RequestContext,
+    new_request_id,
+    valid_request_id,
+    valid_user_id,
+)
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.health.endpoints import HealthEndpoints
 from todo_observability.logs import _TRUSTED_CONTEXT_ATTR, ACCESS_LOGGER, Correlation, _emit_trusted
@@ -31,6 +38,7 @@ from todo_observability.propagation import _add_field
 from todo_observability.tracing import _record_exception
 
 if TYPE_CHECKING:
+    from opentelemetry.context import Context
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ObservabilityMiddleware"]
@@ -96,8 +104,11 @@ class ObservabilityMiddleware:
         self._excluded = frozenset(settings.excluded_paths)
         self._self_observed, self._self_observed_prefixes = _self_observed_paths(self._routes_app)
         self._request_id_header = settings.request_id_header.encode("latin-1")
+        self._trust_incoming = settings.trust_incoming_context
         self._user_id_header = (
-            settings.user_id_header.encode("latin-1") if settings.user_id_header else None
+            settings.user_id_header.encode("latin-1")
+            if settings.user_id_header and settings.trust_incoming_context
+            else None
         )
         self._captured = {
             name.encode("latin-1"): f"http.request.header.{name.replace('-', '_')}"
@@ -159,18 +170,24 @@ class ObservabilityMiddleware:
 
         parent = propagate.extract(carrier) if carrier is not None else None
         request_id = valid_request_id(raw_request_id.decode("latin-1")) if raw_request_id else None
-        user_id = raw_user_id.decode("latin-1") if raw_user_id else None
-        if parent is not None and (request_id is None or user_id is None):
-            upstream_request_id, upstream_user_id = baggage_ids(parent)
-            request_id = request_id or upstream_request_id
-            user_id = user_id or upstream_user_id
+        # The application's own word on who the user is wins over anything a caller sent.
+        user_id = None
+        for resolve in self._user_id_resolvers:
+            user_id = resolve(scope)
+            if user_id is not None:
+                break
+        if self._trust_incoming:
+            if user_id is None and raw_user_id:
+                user_id = valid_user_id(raw_user_id.decode("latin-1"))
+            if parent is not None and (request_id is None or user_id is None):
+                upstream_request_id, upstream_user_id = baggage_ids(parent)
+                request_id = request_id or upstream_request_id
+                user_id = user_id or upstream_user_id
+        elif parent is not None:
+            # An edge: identity a caller put in baggage is neither believed nor passed on.
+            parent = _without_identity(parent)
         if request_id is None:
             request_id = new_request_id()
-        if user_id is None:
-            for resolve in self._user_id_resolvers:
-                user_id = resolve(scope)
-                if user_id is not None:
-                    break
         ctx = RequestContext(request_id, user_id, self._signals)
         target = self._health_app if path in self._probes else self.app
 
@@ -484,6 +501,16 @@ class _Request(_Response):
                 elapsed,
                 correlation=(mw._service_name, ctx.request_id, ctx.user_id, span_context),
             )
+
+
+def _without_identity(parent: Context) -> Context:
+    """`parent` without the identity entries of its baggage (the trace context stays)."""
+    entries = baggage.get_all(parent)
+    if BAGGAGE_USER_ID in entries:
+        parent = baggage.remove_baggage(BAGGAGE_USER_ID, parent)
+    if BAGGAGE_REQUEST_ID in entries:
+        parent = baggage.remove_baggage(BAGGAGE_REQUEST_ID, parent)
+    return parent
 
 
 async def _serve(app: ASGIApp, scope: Scope, receive: Receive, unit: _Response) -> None:

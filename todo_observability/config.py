@@ -210,6 +210,20 @@ def _header_names(value: Any) -> tuple[str, ...]:
     return tuple(name.lower() for name in names)
 
 
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\[[0-9a-f:.]+\]$")
+
+
+def _host_patterns(value: Any) -> tuple[str, ...]:
+    hosts = tuple(host.lower() for host in _items(value))
+    for host in hosts:
+        if not _HOST_PATTERN.match(host):
+            raise _Invalid(
+                "a list of host names or *.suffix patterns",
+                f"{host!r} is neither; for example backend,*.todo.svc.cluster.local.",
+            )
+    return hosts
+
+
 def _patterns(value: Any) -> tuple[str, ...]:
     patterns = _items(value)
     for pattern in patterns:
@@ -397,6 +411,20 @@ OPTIONS: tuple[Option[Any], ...] = (
         "A header trusted to carry the user id, such as X-User-ID; only set behind a trusted gateway.",
     ),
     Option(
+        "trust_incoming_context",
+        "TODO_OBS_TRUST_INCOMING_CONTEXT",
+        "true",
+        _bool,
+        "Take user_id and request_id from incoming baggage (and the user-id header); false at a public edge.",
+    ),
+    Option(
+        "internal_hosts",
+        "TODO_OBS_INTERNAL_HOSTS",
+        "none (the Dapr sidecar only)",
+        _host_patterns,
+        "Hosts (or *.suffix patterns) outgoing calls send user_id and request_id to; others get the trace context only.",
+    ),
+    Option(
         "capture_headers",
         "TODO_OBS_CAPTURE_HEADERS",
         "none",
@@ -446,6 +474,8 @@ class Settings:
     max_label_values: int = 200
     request_id_header: str = "x-request-id"
     user_id_header: str | None = None
+    trust_incoming_context: bool = True
+    internal_hosts: tuple[str, ...] = ()
     capture_headers: tuple[str, ...] = ()
     load_plugins: bool = True
 

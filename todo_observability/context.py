@@ -35,6 +35,7 @@ __all__ = [
     "new_request_id",
     "set_user_id",
     "valid_request_id",
+    "valid_user_id",
 ]
 
 
@@ -120,6 +121,17 @@ def valid_request_id(value: str | None) -> str | None:
     if value and REQUEST_ID_PATTERN.fullmatch(value):
         return value
     return None
+
+
+def valid_user_id(value: str | None) -> str | None:
+    """The value if it is an acceptable user id from outside (baggage, a trusted header), else None.
+
+    The rule is the request id's (`REQUEST_ID_PATTERN`): 1 to 128 letters, digits and
+    `- _ . : / + = @`, which holds user names, e-mail addresses and UUIDs, and never a
+    newline, a control or escape character, a bidirectional override or a 4,000-character
+    value. The application's own resolvers and `set_user_id()` are not held to it.
+    """
+    return valid_request_id(value)
 
 
 def get_request_id() -> str | None:

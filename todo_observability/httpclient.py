@@ -37,17 +37,28 @@ __all__ = [
 
 
 def inject_correlation(
-    headers: MutableMapping[str, str], span: trace.Span, *, request_id_header: str = "x-request-id"
+    headers: MutableMapping[str, str],
+    span: trace.Span,
+    *,
+    request_id_header: str = "x-request-id",
+    identity: bool = True,
 ) -> None:
     """Write `span`'s trace context, baggage with the correlation ids, and the request id header.
 
     `traceparent`/`tracestate` (and any other configured propagator's headers)
-    describe `span`; `baggage` carries `request_id` and `user_id` of the current
-    unit of work; the request id header is set unless `headers` has one.
+    describe `span`. With `identity`, `baggage` carries `request_id` and `user_id` of
+    the current unit of work (never values that merely arrived with it) and the request
+    id header is set unless `headers` has one; without, neither id leaves.
     """
     ctx = trace.set_span_in_context(span)
+    entries = baggage.get_all(ctx)
+    # What leaves is this unit of work's word, not what a caller sent in.
+    if BAGGAGE_USER_ID in entries:
+        ctx = baggage.remove_baggage(BAGGAGE_USER_ID, ctx)
+    if BAGGAGE_REQUEST_ID in entries:
+        ctx = baggage.remove_baggage(BAGGAGE_REQUEST_ID, ctx)
     request_ctx = current_context()
-    if request_ctx is not None:
+    if identity and request_ctx is not None:
         ctx = baggage.set_baggage(BAGGAGE_REQUEST_ID, request_ctx.request_id, ctx)
         if request_ctx.user_id is not None:
             ctx = baggage.set_baggage(BAGGAGE_USER_ID, request_ctx.user_id, ctx)
@@ -83,7 +94,13 @@ class _Call:
                     ),
                 }
             )
-        inject_correlation(request.headers, span, request_id_header=signals.request_id_header)
+        # The ids go only where the service says its own live; elsewhere the trace context.
+        inject_correlation(
+            request.headers,
+            span,
+            request_id_header=signals.request_id_header,
+            identity=signals.is_internal(self.server),
+        )
         self.start = time.perf_counter()
 
     def finish(self, status: int | None, error: BaseException | None) -> None:

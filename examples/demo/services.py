@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException
 
 import todo_observability as obs
@@ -46,8 +47,13 @@ def create_tasks_app() -> FastAPI:
                 sent = await http.post("/notifications", json={"task_id": task_id, "due": due})
             return {"task_id": task_id, "next_due": due, "notified": sent.status_code == 202}
 
-    # Readiness depends on the notify service answering its own liveness probe.
-    obs.configure(app, health_checks=[checks.http(f"{notify_url}/health/live", name="notify")])
+    # Readiness depends on the notify service answering its own liveness probe; notify is one
+    # of ours, so calls to it carry the request id and the user id.
+    obs.configure(
+        app,
+        health_checks=[checks.http(f"{notify_url}/health/live", name="notify")],
+        internal_hosts=[httpx.URL(notify_url).host],
+    )
     return app
 
 

@@ -103,6 +103,9 @@ def create_app(
     configure(
         app,
         service_name=FRONTEND,
+        # The public edge: who a request belongs to is the session's word, never the browser's
+        # baggage, and what a browser sent in baggage is not passed on into the mesh.
+        trust_incoming_context=False,
         health_checks=[
             checks.dapr_sidecar(
                 base_url=settings.dapr_endpoint,

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -345,3 +346,32 @@ def test_the_page_drives_one_trace_and_the_scenario_moves_every_metric_it_should
             if sample.value > 0
         }
         assert set(samples) <= moved, (service, sorted(set(samples) - moved))
+
+
+def test_a_forged_baggage_from_the_browser_reaches_no_service_s_logs(running: Running) -> None:
+    """The frontend is the public edge: it neither believes nor passes on identity baggage."""
+    forged = {
+        "baggage": "user_id=forged-admin,request_id=forged-req-123",
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    }
+    frontend = running.url(events.FRONTEND)
+    with httpx.Client(base_url=frontend, headers=forged, timeout=20.0) as browser:
+        assert browser.get("/").status_code == 200  # anonymous: the sign-in page
+        signed_in = browser.post("/login", data={"user_id": "alice"}, follow_redirects=True)
+        assert signed_in.status_code == 200
+        listing = browser.get("/api/tasks")  # through the sidecar to the backend
+        assert listing.status_code == 200, listing.text
+    request_ids = {listing.headers["x-request-id"], signed_in.headers["x-request-id"]}
+
+    def backend_saw_the_listing() -> bool:
+        return any(line.get("request_id") in request_ids for line in running.lines(events.BACKEND))
+
+    eventually(backend_saw_the_listing, 30, "the backend's line of the listing")
+    for app_id in (events.FRONTEND, events.BACKEND, events.RECURRING, events.NOTIFICATIONS):
+        text = json.dumps(running.lines(app_id))
+        assert "forged-admin" not in text, app_id
+        assert "forged-req-123" not in text, app_id
+    listing_lines = [
+        line for line in running.lines(events.BACKEND) if line.get("request_id") in request_ids
+    ]
+    assert {line["user_id"] for line in listing_lines} == {"alice"}

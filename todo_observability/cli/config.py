@@ -31,7 +31,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         "environment": "deployment.environment.name" in resource
         or "deployment.environment" in resource,
     }
-    out.write(f"{'setting':<20} {'value':<45} source\n")
+    width = max(len(option.field) for option in OPTIONS)
+    out.write(f"{'setting':<{width}} {'value':<45} source\n")
     for option in OPTIONS:
         value = getattr(settings, option.field)
         if os.environ.get(option.env, "").strip():
@@ -42,5 +43,5 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
             source = "default"
         if isinstance(value, tuple):
             value = ",".join(value)
-        out.write(f"{option.field:<20} {value!s:<45} {source}\n")
+        out.write(f"{option.field:<{width}} {value!s:<45} {source}\n")
     return 0
