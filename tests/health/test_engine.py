@@ -126,6 +126,53 @@ async def test_sync_checks_run_in_a_thread() -> None:
     assert threads != [threading.get_ident()]
 
 
+def health_threads(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == f"health-{name}"]
+
+
+async def test_a_hung_sync_check_holds_one_thread_and_leaves_the_default_executor_free() -> None:
+    release = threading.Event()
+    calls = 0
+
+    def hangs() -> bool:
+        nonlocal calls
+        calls += 1
+        release.wait(60)
+        return True
+
+    clock = FakeClock()
+    engine = HealthEngine(clock=clock)
+    engine.add(Check("db", hangs, timeout=0.1, ttl=1.0))
+    loop = asyncio.get_running_loop()
+    before = threading.active_count()
+    try:
+        reports = []
+        # More TTL periods than the loop's default executor has threads (min(32, cpus + 4)).
+        for _ in range(12):
+            reports.append(await engine.ready())
+            clock.now += 1.0
+        assert threading.active_count() <= before + 1
+        assert calls == 1
+        assert len(health_threads("db")) == 1
+        first, *later = (report.results["db"] for report in reports)
+        assert (first.status, first.error) == (Status.DOWN, "timed out after 0.1 s")
+        for result in later:
+            assert result.status is Status.DOWN
+            assert result.error is not None
+            assert result.error.startswith("still running since "), result.error
+        # The loop's default executor (and so the resolver) is as free as before.
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 5.0) == 42
+        assert await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 5.0)
+    finally:
+        release.set()
+    for thread in health_threads("db"):
+        await asyncio.to_thread(thread.join, 10.0)
+    assert health_threads("db") == []
+    clock.now += 1.0
+    assert (await engine.ready()).status is Status.UP  # a fresh run, once the old one returned
+    assert calls == 2
+
+
 async def test_exceptions_and_wrong_return_values_are_down_results() -> None:
     def raises() -> None:
         raise ConnectionRefusedError("connection refused")

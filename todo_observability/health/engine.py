@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from todo_observability.exceptions import ConfigurationError
+from todo_observability.health._thread import SingleThread, StillRunning
 from todo_observability.health.model import Check, CheckResult, Status
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ class HealthEngine:
         self._checks: dict[str, Check] = {}
         self._cache: dict[str, tuple[float, CheckResult]] = {}
         self._running: dict[str, asyncio.Task[CheckResult]] = {}
+        self._threads: dict[str, SingleThread] = {}
         self._last: dict[str, Status] = {}
         self._metrics = metrics
         self._clock = clock
@@ -186,9 +188,13 @@ class HealthEngine:
                 raw = await asyncio.wait_for(check.function(), check.timeout)  # type: ignore[arg-type]
             else:
                 # The thread cannot be stopped after the timeout: sync checks should bound
-                # their own I/O. The probe answers on time regardless.
+                # their own I/O. The probe answers on time regardless, and while the thread
+                # is still blocked the check is DOWN without starting another one.
                 function = cast("Callable[[], CheckResult | bool | None]", check.function)
-                raw = await asyncio.wait_for(asyncio.to_thread(function), check.timeout)
+                thread = self._threads.get(check.name)
+                if thread is None:
+                    thread = self._threads[check.name] = SingleThread(f"health-{check.name}")
+                raw = await asyncio.wait_for(thread.run(function), check.timeout)
                 if inspect.isawaitable(raw):
                     # An async callable that does not look like one (an object with an
                     # async __call__): its coroutine runs here, in what is left of the timeout.
@@ -197,6 +203,8 @@ class HealthEngine:
             result = _normalise(raw)
         except (asyncio.TimeoutError, TimeoutError):
             result = CheckResult.down(f"timed out after {check.timeout:.1f} s")
+        except StillRunning as exc:
+            result = CheckResult.down(str(exc))
         except Exception as exc:  # noqa: BLE001 - a failing check is a DOWN result, never a 500
             result = CheckResult.down(f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - start
