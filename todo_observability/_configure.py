@@ -43,7 +43,7 @@ def configure(
     metrics_path: str | None = None,
     health_path: str | None = None,
     health_details: str | None = None,
-    health_refresh: float | None = None,
+    health_refresh: float | str | None = None,
     health_token: str | None = None,
     health_checks: Iterable[Check] = (),
     excluded_paths: Iterable[str] | None = None,
@@ -81,7 +81,9 @@ def configure(
         metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
         health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
         health_details: `TODO_OBS_HEALTH_DETAILS`: `full`, or `authenticated` (errors shown only with the token).
-        health_refresh: `TODO_OBS_HEALTH_REFRESH`, seconds between background runs of the checks.
+        health_refresh: `TODO_OBS_HEALTH_REFRESH`: `ttl` (the default) runs each check again in the
+            background as its result expires, a number of seconds runs them all at that interval,
+            `off` runs them only when probed (or when `/metrics` is scraped).
         health_token: `TODO_OBS_HEALTH_TOKEN`, the bearer token of the `authenticated` policy.
         health_checks: Checks to register now (more with `obs.health.add(...)`).
         excluded_paths: `TODO_OBS_EXCLUDED_PATHS`.

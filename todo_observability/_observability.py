@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import Tracer
     from prometheus_client import CollectorRegistry
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from todo_observability import logs
     from todo_observability.config import Settings
@@ -106,12 +106,14 @@ class Observability:
             self.redactor,
             settings.request_id_header,
         )
-        self.metrics_app: ASGIApp = metrics_app(self.registry, target_info=self._target_info)
+        self.health: HealthEngine = HealthEngine(self.metrics)
+        self.metrics_app: ASGIApp = _health_first(
+            metrics_app(self.registry, target_info=self._target_info), self.health
+        )
         resolvers = self.plugins.user_id_resolvers
         if user_id_resolver is not None:
             resolvers = (self.plugins.failsafe("user_id_resolver", user_id_resolver), *resolvers)
         self.user_id_resolvers: tuple[UserIdResolver, ...] = resolvers
-        self.health: HealthEngine = HealthEngine(self.metrics)
         for check in self.plugins.health_checks(settings):
             if not isinstance(check, Check):
                 raise ConfigurationError(
@@ -173,7 +175,7 @@ class Observability:
 
         At start-up: SIGTERM and SIGINT first flip readiness to 503 (then reach the
         server's own handlers, which drain), and the background health refresh starts
-        (`health_refresh`). At shutdown: readiness is down, the refresh stops, the
+        (`health_refresh`, by default each check as its result expires). At shutdown: readiness is down, the refresh stops, the
         signal handlers are put back and queued spans are exported, so the last
         requests' spans are not lost. A bare ASGI server runs it around its app:
 
@@ -186,8 +188,8 @@ class Observability:
         restore = chain_shutdown_signals(health.begin_shutdown)
         refresh = self.settings.health_refresh
         try:
-            if refresh:
-                health.start_refresh(refresh)
+            if refresh != "off":
+                health.start_refresh(None if refresh == "ttl" else refresh)
             yield
         finally:
             health.begin_shutdown()
@@ -196,6 +198,26 @@ class Observability:
             finally:
                 restore()
                 self.flush(5_000)
+
+
+def _health_first(app: ASGIApp, health: HealthEngine) -> ASGIApp:
+    """`app` (the metrics page), which first runs stale health checks when no background refresh runs.
+
+    Without a lifespan (or with `health_refresh=off`) nothing else would run the checks between
+    probes, and `health_check_status` would show whatever the last probe saw. The scrape waits at
+    most the slowest check's timeout; a fresh result is reused, so scrapes cost no more calls than
+    the TTL allows.
+    """
+
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not health.refreshing:
+            try:
+                await health.refresh()
+            except Exception:  # noqa: BLE001 - the page is served whatever the checks do
+                _log.exception("health checks failed to run before a scrape")
+        await app(scope, receive, send)
+
+    return metrics
 
 
 _configured: list[Observability] = []

@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["GroupReport", "HealthEngine"]
 
 _log = logging.getLogger("todo_observability.health")
+_MIN_REFRESH = 1.0
+"""Seconds between background rounds at the least: a check with ttl=0 is not run in a busy loop."""
+_MAX_REFRESH = 5.0
+"""Seconds between background rounds at the most, so that checks added later are soon picked up."""
 
 
 @dataclass(frozen=True)
@@ -135,23 +139,58 @@ class HealthEngine:
         else:
             self._cache.pop(name, None)
 
-    def start_refresh(self, interval: float) -> None:
-        """Keep results warm: run every check in the background each `interval` seconds.
+    def start_refresh(self, interval: float | None = None) -> None:
+        """Keep results warm: run the checks in the background, probes or not.
 
-        A check whose cached result is still fresh is not run again, so the
-        dependency sees at most one call per TTL, probes or not; probes then
-        always find a fresh result. Call it from a running event loop (the
-        middleware does, at lifespan startup, when `health_refresh` is set).
+        With no `interval`, each check runs again as its result expires (its TTL),
+        at most once a second; with one, every `interval` seconds. A check whose
+        cached result is still fresh is not run again, so the dependency sees at
+        most one call per TTL, probes or not; probes then always find a fresh
+        result, and `health_check_status` is fresh for every scrape. Call it from
+        a running event loop (`Observability.lifespan()` does, unless
+        `health_refresh` is `off`).
         """
-        if self._refresher is not None and not self._refresher.done():
+        if self.refreshing:
             return
 
         async def refresh() -> None:
             while True:
-                await asyncio.gather(*(self.run(check) for check in self._checks.values()))
-                await asyncio.sleep(interval)
+                try:
+                    await self.refresh()
+                except Exception:  # noqa: BLE001 - the refresh must outlive any one failure
+                    _log.exception("background health refresh failed; it goes on")
+                await asyncio.sleep(interval if interval is not None else self._until_stale())
 
         self._refresher = asyncio.ensure_future(refresh())
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether the background refresh runs."""
+        return self._refresher is not None and not self._refresher.done()
+
+    async def refresh(self) -> None:
+        """Run, concurrently, every check whose result is stale.
+
+        Checks only in the `startup` group are left alone once startup has passed:
+        nothing asks for them any more.
+        """
+        started = self._startup_report is not None
+        await asyncio.gather(
+            *(
+                self.run(check)
+                for check in self._checks.values()
+                if not (started and check.groups == ("startup",))
+            )
+        )
+
+    def _until_stale(self) -> float:
+        """Seconds until the first cached result expires, between the refresh bounds."""
+        now: float = self._clock()
+        expiries = [self._cache[name][0] for name in self._checks if name in self._cache]
+        if len(expiries) < len(self._checks):
+            return _MIN_REFRESH  # a check added since the last round
+        wait = min(expiries, default=now + _MAX_REFRESH) - now
+        return min(max(wait, _MIN_REFRESH), _MAX_REFRESH)
 
     async def stop_refresh(self) -> None:
         """Stop the background refresh, if it runs."""
