@@ -48,6 +48,7 @@ def configure(
     health_checks: Iterable[Check] = (),
     excluded_paths: Iterable[str] | None = None,
     max_label_values: int | None = None,
+    max_series_per_metric: int | None = None,
     request_id_header: str | None = None,
     user_id_header: str | None = None,
     capture_headers: Iterable[str] | None = None,
@@ -88,6 +89,7 @@ def configure(
         health_checks: Checks to register now (more with `obs.health.add(...)`).
         excluded_paths: `TODO_OBS_EXCLUDED_PATHS`.
         max_label_values: `TODO_OBS_MAX_LABEL_VALUES`.
+        max_series_per_metric: `TODO_OBS_MAX_SERIES`, label combinations kept per metric.
         request_id_header: `TODO_OBS_REQUEST_ID_HEADER`.
         user_id_header: `TODO_OBS_USER_ID_HEADER`; trusted only when set.
         capture_headers: `TODO_OBS_CAPTURE_HEADERS`.
@@ -140,6 +142,7 @@ def configure(
         health_token=health_token,
         excluded_paths=excluded_paths,
         max_label_values=max_label_values,
+        max_series_per_metric=max_series_per_metric,
         request_id_header=request_id_header,
         user_id_header=user_id_header,
         capture_headers=capture_headers,

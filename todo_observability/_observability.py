@@ -80,8 +80,9 @@ class Observability:
         self.redactor: Redactor = Redactor(settings.redact_keys)
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self.metrics: MetricSet = _metric_set(self.registry)
-        # Several apps may share a registry; the cap is the latest configured one.
+        # Several apps may share a registry; the caps are the latest configured ones.
         self.metrics.guard.max_values = settings.max_label_values
+        self.metrics.guard.max_series = settings.max_series_per_metric
         self._target_info = {
             "service_name": settings.service_name,
             "service_version": settings.service_version,

@@ -390,6 +390,13 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Distinct values kept per metric label before the overflow value is used.",
     ),
     Option(
+        "max_series_per_metric",
+        "TODO_OBS_MAX_SERIES",
+        "1000",
+        _positive_int,
+        "Label combinations kept per metric before every label takes the overflow value.",
+    ),
+    Option(
         "request_id_header",
         "TODO_OBS_REQUEST_ID_HEADER",
         "X-Request-ID",
@@ -451,6 +458,7 @@ class Settings:
         "/health/startup",
     )
     max_label_values: int = 200
+    max_series_per_metric: int = 1000
     request_id_header: str = "x-request-id"
     user_id_header: str | None = None
     capture_headers: tuple[str, ...] = ()
