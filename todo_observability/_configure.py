@@ -191,7 +191,11 @@ def _install(app: Any, obs: Observability) -> Callable[[], None]:
     @contextlib.asynccontextmanager
     async def lifespan(lifespan_app: Any) -> AsyncIterator[Any]:
         async with obs.lifespan(), app_lifespan(lifespan_app) as state:
-            yield state
+            try:
+                yield state
+            finally:
+                # Before the app's own shutdown closes what the checks use (engines, clients).
+                await obs.health.stop_refresh()
 
     app.build_middleware_stack = build_middleware_stack
     app.middleware_stack = None

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -309,3 +310,47 @@ async def test_an_object_with_an_async_call_is_awaited() -> None:
     engine.add(Check("replica", Probe()))
     report = await engine.ready()
     assert report.results["replica"].error == "slow replica"
+
+
+async def test_stopping_the_refresh_waits_for_the_runs_it_started() -> None:
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> bool:
+        started.set()
+        await asyncio.sleep(0.2)
+        finished.set()
+        return True
+
+    engine = HealthEngine()
+    engine.add(Check("db", slow, ttl=60))
+    engine.start_refresh()
+    await asyncio.wait_for(started.wait(), 5.0)
+    await engine.stop_refresh()
+    # Done before the app closes what the check uses (an engine, a client).
+    assert finished.is_set()
+    assert not engine.refreshing
+
+
+async def test_the_refresh_runs_each_check_again_as_its_result_expires() -> None:
+    calls: list[str] = []
+
+    def counted(name: str) -> Callable[[], bool]:
+        def check() -> bool:
+            calls.append(name)
+            return True
+
+        return check
+
+    engine = HealthEngine()
+    engine.add(Check("fast", counted("fast"), ttl=1.0), Check("slow", counted("slow"), ttl=60))
+    engine.start_refresh()
+    try:
+
+        async def fast_twice() -> None:
+            while calls.count("fast") < 2:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(fast_twice(), 10.0)
+    finally:
+        await engine.stop_refresh()
+    assert calls.count("slow") == 1  # still fresh: not run again

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from typing import Any
 
@@ -310,3 +311,20 @@ async def test_a_scrape_runs_stale_checks_when_nothing_refreshes_them(
     assert 'health_check_status{check="db"} 1.0' in cached
     assert 'health_check_status{check="db"} 0.0' in stale
     assert calls == 2
+
+
+async def test_the_refresh_stops_before_the_apps_own_shutdown(make_observability: Factory) -> None:
+    seen: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        seen.append(app.state.observability.health.refreshing)  # the app closes its engines here
+
+    app = FastAPI(lifespan=lifespan)
+    obs = make_observability(app, health_checks=[Check("db", lambda: True)])
+    running = Lifespan(app)
+    while not obs.health.refreshing:
+        await asyncio.sleep(0.01)
+    await running.stop()
+    assert seen == [False]

@@ -193,12 +193,19 @@ class HealthEngine:
         return min(max(wait, _MIN_REFRESH), _MAX_REFRESH)
 
     async def stop_refresh(self) -> None:
-        """Stop the background refresh, if it runs."""
+        """Stop the background refresh, if it runs, and wait for the runs it started.
+
+        A run is shared (probes may wait for it too), so it is not cancelled but awaited:
+        it ends within its check's timeout, before the app closes what the check uses.
+        """
         task, self._refresher = self._refresher, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            running = list(self._running.values())
+            if running:
+                await asyncio.wait(running)
 
     def begin_shutdown(self) -> None:
         """From now on readiness answers 503, so that traffic stops before requests drain."""
