@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
@@ -280,6 +282,35 @@ def test_shutdown_releases_target_info_and_the_latest_label_cap_applies(
     assert second.metrics.guard.max_values == 7
 
 
+async def test_the_series_cap_is_configured_by_its_environment_variable(
+    make_observability: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TODO_OBS_MAX_SERIES", "2")
+    registry = CollectorRegistry()
+    app = FastAPI()
+
+    @app.get("/items/{item}")
+    async def item(item: int) -> dict[str, int]:
+        return {"item": item}
+
+    obs = make_observability(app, registry=registry)
+    assert obs.metrics.guard.max_series == 2
+    async with client(app) as http:
+        for path in ("/items/1", "/nowhere", "/items/x", "/items/2"):
+            await http.get(path)
+    assert series_count(registry, "http_server_requests_total") == 2
+    assert (
+        metric_value(
+            registry,
+            "http_server_requests_total",
+            method="<other>",
+            route="<other>",
+            status_code="<other>",
+        )
+        == 2
+    )
+
+
 def test_applications_register_their_own_metrics_beside_the_catalogue() -> None:
     from prometheus_client import CollectorRegistry
 
@@ -296,3 +327,107 @@ def test_applications_register_their_own_metrics_beside_the_catalogue() -> None:
         metrics.register(MetricSpec("app_things_total", "counter", "Other help.", ("kind",)))
     with pytest.raises(ValueError, match="another declaration"):
         metrics.register(MetricSpec("http_server_requests_total", "counter", "Mine.", ()))
+
+
+def series_count(registry: CollectorRegistry, name: str) -> int:
+    """Distinct label sets of the metric `name` (a histogram's buckets count as one series)."""
+    for family in registry.collect():
+        if family.name == name or f"{family.name}_total" == name:
+            return len(
+                {
+                    tuple(sorted((k, v) for k, v in sample.labels.items() if k != "le"))
+                    for sample in family.samples
+                    if not sample.name.endswith("_created")
+                }
+            )
+    return 0
+
+
+def test_a_flood_of_label_combinations_stays_under_the_series_cap_of_each_metric() -> None:
+    from prometheus_client import generate_latest
+
+    registry = CollectorRegistry()
+    metrics = _metric_set(registry)
+    metrics.guard.max_series = 300
+    methods = [
+        "GET",
+        "HEAD",
+        "POST",
+        "PUT",
+        "DELETE",
+        "CONNECT",
+        "OPTIONS",
+        "TRACE",
+        "PATCH",
+        "_OTHER",
+    ]
+    for route in range(60):
+        for status in range(100, 130):
+            for method in methods:
+                counter, histogram = metrics.server_children(method, f"/r{route}", status)
+                counter.inc()
+                histogram.observe(0.01)
+                metrics.client_children(method, f"host-{route}", str(status))[0].inc()
+                metrics.operation_children(f"op-{route}-{status}", method)[0].inc()
+    for name in (
+        "http_server_requests_total",
+        "http_server_request_duration_seconds",
+        "http_client_requests_total",
+        "http_client_request_duration_seconds",
+        "operations_total",
+        "operation_duration_seconds",
+    ):
+        assert series_count(registry, name) <= 300, name
+    assert (
+        metric_value(
+            registry,
+            "http_server_requests_total",
+            method="<other>",
+            route="<other>",
+            status_code="<other>",
+        )
+        or 0
+    ) > 0
+    assert (
+        metric_value(
+            registry,
+            "todo_observability_label_overflow_total",
+            metric="http_server_requests_total",
+            label="<series>",
+        )
+        or 0
+    ) > 0
+    # 18,000 combinations per metric, and the page holds a few hundred series of each.
+    page = generate_latest(registry)
+    assert len(page) < 2_000_000, len(page)
+
+
+label_value = st.sampled_from(["a", "b", "c", "d", "e", "f", "g"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    max_series=st.integers(min_value=1, max_value=12),
+    max_values=st.integers(min_value=1, max_value=8),
+    combos=st.lists(st.tuples(label_value, label_value, label_value), max_size=120),
+)
+def test_the_guard_never_lets_a_metric_exceed_its_series_cap(
+    max_series: int, max_values: int, combos: list[tuple[str, str, str]]
+) -> None:
+    from prometheus_client import Counter
+
+    from todo_observability.metrics import OVERFLOW_VALUE, LabelGuard
+
+    registry = CollectorRegistry()
+    overflow = Counter("overflow_total", "o", ("metric", "label"), registry=registry)
+    guard = LabelGuard(max_values, overflow, max_series)
+    recorded: dict[tuple[str, str, str], tuple[str, ...]] = {}
+    for combo in combos:
+        admitted = guard.labels("m", ("x", "y", "z"), combo)
+        assert admitted == (OVERFLOW_VALUE,) * 3 or all(
+            value in (given_value, OVERFLOW_VALUE)
+            for value, given_value in zip(admitted, combo, strict=True)
+        )
+        # The same combination always lands on the same series.
+        assert recorded.setdefault(combo, admitted) == admitted
+    assert len(set(recorded.values())) <= max_series

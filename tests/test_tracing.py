@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from tests.helpers import LoopbackServer
+from tests.helpers import LoopbackServer, eventually
 from todo_observability import traced
 from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
@@ -234,7 +235,7 @@ def test_unreachable_zipkin_never_raises_and_drops_are_counted() -> None:
     settings = resolve_settings(env={}, zipkin_endpoint="http://127.0.0.1:9/api/v2/spans")
     provider, _ = build_tracer_provider(settings, _metric_set(registry).counter(SPANS_DROPPED))
     finished(provider, 5)
-    assert provider.force_flush(10_000) is True
+    assert provider.force_flush(10_000) is False  # nothing was exported, and it says so
     provider.shutdown()
     assert (
         metric_value(registry, "todo_observability_spans_dropped_total", reason="export_failed")
@@ -348,3 +349,168 @@ def test_captured_spans_gathers_every_observability_of_the_test(
     assert captured_spans.spans == []
     with pytest.raises(ValueError, match="traces_exporter='memory'"):
         captured_spans.watch(make_observability(traces_exporter="none"))
+
+
+# --- flush and shutdown keep their timeout ------------------------------------------------------
+
+
+class Blackhole:
+    """A collector address that accepts connections and never answers a byte."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/api/v2/spans"
+        self.accepted: list[socket.socket] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._listener.close()
+        for connection in self.accepted:
+            connection.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    hole = Blackhole()
+    try:
+        yield hole
+    finally:
+        hole.close()
+
+
+def slow_collector(delay: float, received: list[str]) -> LoopbackServer:
+    from http.server import BaseHTTPRequestHandler
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            time.sleep(delay)
+            received.extend(span["name"] for span in body)
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = LoopbackServer(Slow)
+    server.start()
+    return server
+
+
+def flush_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "todo-obs-flush"]
+
+
+def dropped(registry: CollectorRegistry, reason: str = "export_failed") -> float:
+    return metric_value(registry, "todo_observability_spans_dropped_total", reason=reason) or 0.0
+
+
+def test_flush_against_a_blackholed_collector_says_false_on_time(
+    make_observability: Factory, blackhole: Blackhole
+) -> None:
+    registry = CollectorRegistry()
+    obs = make_observability(
+        registry=registry, traces_exporter="zipkin", zipkin_endpoint=blackhole.url
+    )
+    with obs.tracer.start_as_current_span("lost"):
+        pass
+    start = time.perf_counter()
+    flushed = obs.flush(1000)
+    elapsed = time.perf_counter() - start
+    assert flushed is False
+    assert elapsed < 1.0 + 1.0
+    # The request had only the flush's second, and was not retried past the deadline
+    # (the exporter's own timeout is 5 s, and it used to be retried once at once).
+    eventually(lambda: dropped(registry) == 1, timeout=4.0, what="the failed export")
+    assert len(blackhole.accepted) == 1
+    start = time.perf_counter()
+    assert obs.shutdown(timeout_millis=500) is True  # nothing left to export
+    assert time.perf_counter() - start < 0.5 + 1.0
+
+
+def test_shutdown_against_a_blackholed_collector_says_false_on_time(
+    make_observability: Factory, blackhole: Blackhole
+) -> None:
+    registry = CollectorRegistry()
+    obs = make_observability(
+        registry=registry, traces_exporter="zipkin", zipkin_endpoint=blackhole.url
+    )
+    with obs.tracer.start_as_current_span("lost"):
+        pass
+    start = time.perf_counter()
+    shut_down = obs.shutdown(timeout_millis=1000)
+    assert time.perf_counter() - start < 1.0 + 1.0
+    assert shut_down is False
+    assert obs.shutdown() is False  # again: nothing more happens, and the answer stands
+
+
+def test_an_exporter_request_gets_no_more_time_than_the_flush_has_left(
+    blackhole: Blackhole,
+) -> None:
+    from opentelemetry.exporter.zipkin.json import ZipkinExporter
+
+    registry = CollectorRegistry()
+    counter = _metric_set(registry).counter(SPANS_DROPPED)
+    exporter = ZipkinExporter(endpoint=blackhole.url, timeout=60)
+    provider = TracerProvider()
+    provider.add_span_processor(
+        CountingBatchSpanProcessor(GuardedSpanExporter(exporter, counter), counter)
+    )
+    finished(provider, 3)
+    start = time.perf_counter()
+    assert provider.force_flush(500) is False
+    # Not 2 x 60 s: the request was cut at the flush's deadline, and not retried after it.
+    assert time.perf_counter() - start < 10.0
+    assert dropped(registry) == 3
+    assert exporter.timeout == 60  # the exporter's own timeout, for the next export
+    provider.shutdown()
+
+
+def test_flush_against_a_slow_collector_says_false_on_time_then_true_in_time(
+    make_observability: Factory,
+) -> None:
+    received: list[str] = []
+    collector = slow_collector(2.0, received)
+    try:
+        registry = CollectorRegistry()
+        obs = make_observability(
+            registry=registry,
+            traces_exporter="zipkin",
+            zipkin_endpoint=f"{collector.url}/api/v2/spans",
+        )
+        with obs.tracer.start_as_current_span("late"):
+            pass
+        start = time.perf_counter()
+        assert obs.flush(500) is False
+        assert time.perf_counter() - start < 0.5 + 1.0
+        eventually(lambda: dropped(registry) == 1, timeout=10.0, what="the cut request")
+        [processor] = obs.tracer_provider._active_span_processor._span_processors
+        assert isinstance(processor, CountingBatchSpanProcessor)
+        guard = processor._batch_processor._exporter
+        assert isinstance(guard, GuardedSpanExporter)
+        eventually(lambda: time.monotonic() > guard._retry_at, what="the backoff to pass")
+        eventually(lambda: not flush_threads(), what="the cut flush to end")
+        with obs.tracer.start_as_current_span("in time"):
+            pass
+        assert obs.flush(10_000) is True
+    finally:
+        collector.stop()
+    assert "in time" in received

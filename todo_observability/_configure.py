@@ -44,11 +44,12 @@ def configure(
     metrics_path: str | None = None,
     health_path: str | None = None,
     health_details: str | None = None,
-    health_refresh: float | None = None,
+    health_refresh: float | str | None = None,
     health_token: str | None = None,
     health_checks: Iterable[Check] = (),
     excluded_paths: Iterable[str] | None = None,
     max_label_values: int | None = None,
+    max_series_per_metric: int | None = None,
     request_id_header: str | None = None,
     user_id_header: str | None = None,
     trust_incoming_context: bool | None = None,
@@ -84,11 +85,14 @@ def configure(
         metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
         health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
         health_details: `TODO_OBS_HEALTH_DETAILS`: `full`, or `authenticated` (errors shown only with the token).
-        health_refresh: `TODO_OBS_HEALTH_REFRESH`, seconds between background runs of the checks.
+        health_refresh: `TODO_OBS_HEALTH_REFRESH`: `ttl` (the default) runs each check again in the
+            background as its result expires, a number of seconds runs them all at that interval,
+            `off` runs them only when probed (or when `/metrics` is scraped).
         health_token: `TODO_OBS_HEALTH_TOKEN`, the bearer token of the `authenticated` policy.
         health_checks: Checks to register now (more with `obs.health.add(...)`).
         excluded_paths: `TODO_OBS_EXCLUDED_PATHS`.
         max_label_values: `TODO_OBS_MAX_LABEL_VALUES`.
+        max_series_per_metric: `TODO_OBS_MAX_SERIES`, label combinations kept per metric.
         request_id_header: `TODO_OBS_REQUEST_ID_HEADER`.
         user_id_header: `TODO_OBS_USER_ID_HEADER`; trusted only when set.
         trust_incoming_context: `TODO_OBS_TRUST_INCOMING_CONTEXT`; false at a public edge, where
@@ -145,6 +149,7 @@ def configure(
         health_token=health_token,
         excluded_paths=excluded_paths,
         max_label_values=max_label_values,
+        max_series_per_metric=max_series_per_metric,
         request_id_header=request_id_header,
         user_id_header=user_id_header,
         trust_incoming_context=trust_incoming_context,
@@ -197,7 +202,11 @@ def _install(app: Any, obs: Observability) -> Callable[[], None]:
     @contextlib.asynccontextmanager
     async def lifespan(lifespan_app: Any) -> AsyncIterator[Any]:
         async with obs.lifespan(), app_lifespan(lifespan_app) as state:
-            yield state
+            try:
+                yield state
+            finally:
+                # Before the app's own shutdown closes what the checks use (engines, clients).
+                await obs.health.stop_refresh()
 
     app.build_middleware_stack = build_middleware_stack
     app.middleware_stack = None

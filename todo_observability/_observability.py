@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,14 +25,14 @@ from todo_observability.metrics import (
 )
 from todo_observability.plugins import PluginHost
 from todo_observability.redaction import Redactor
-from todo_observability.tracing import build_tracer_provider
+from todo_observability.tracing import _BoundedCall, build_tracer_provider
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import Tracer
     from prometheus_client import CollectorRegistry
-    from starlette.types import ASGIApp
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from todo_observability import logs
     from todo_observability.config import Settings
@@ -78,8 +80,9 @@ class Observability:
         self.redactor: Redactor = Redactor(settings.redact_keys)
         self.registry: CollectorRegistry = REGISTRY if registry is None else registry
         self.metrics: MetricSet = _metric_set(self.registry)
-        # Several apps may share a registry; the cap is the latest configured one.
+        # Several apps may share a registry; the caps are the latest configured ones.
         self.metrics.guard.max_values = settings.max_label_values
+        self.metrics.guard.max_series = settings.max_series_per_metric
         self._target_info = {
             "service_name": settings.service_name,
             "service_version": settings.service_version,
@@ -107,12 +110,14 @@ class Observability:
             settings.request_id_header,
             settings.internal_hosts,
         )
-        self.metrics_app: ASGIApp = metrics_app(self.registry, target_info=self._target_info)
+        self.health: HealthEngine = HealthEngine(self.metrics)
+        self.metrics_app: ASGIApp = _health_first(
+            metrics_app(self.registry, target_info=self._target_info), self.health
+        )
         resolvers = self.plugins.user_id_resolvers
         if user_id_resolver is not None:
             resolvers = (self.plugins.failsafe("user_id_resolver", user_id_resolver), *resolvers)
         self.user_id_resolvers: tuple[UserIdResolver, ...] = resolvers
-        self.health: HealthEngine = HealthEngine(self.metrics)
         for check in self.plugins.health_checks(settings):
             if not isinstance(check, Check):
                 raise ConfigurationError(
@@ -126,6 +131,9 @@ class Observability:
         self._uninstall: Callable[[], None] | None = None
         self._restore_propagator: Callable[[], None] | None = None
         self._closed = False
+        self._shut_down = True
+        self._flush_lock = threading.Lock()
+        self._flushing: _BoundedCall | None = None
 
     def _set_target_info(self) -> None:
         labels = self._target_info
@@ -139,15 +147,21 @@ class Observability:
                 current.get("service_name"),
             )
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_millis: int = 5_000) -> bool:
         """Flush spans and undo everything `configure()` did. Calling it again does nothing.
 
-        The global OpenTelemetry tracer provider, if `configure()` installed one,
-        stays installed (OpenTelemetry allows setting it only once) but no longer
-        exports.
+        It returns within `timeout_millis` (plus a few milliseconds), whatever the
+        collector does. The global OpenTelemetry tracer provider, if `configure()`
+        installed one, stays installed (OpenTelemetry allows setting it only once)
+        but no longer exports.
+
+        Returns:
+            Whether every finished span was exported in time (as `flush()`); what was
+            not is counted in `todo_observability_spans_dropped_total`, or lost with
+            the process.
         """
         if self._closed:
-            return
+            return self._shut_down
         self._closed = True
         if self._uninstall is not None:
             uninstall, self._uninstall = self._uninstall, None
@@ -157,20 +171,71 @@ class Observability:
             restore()
         if self.registry.get_target_info() == self._target_info:
             self.registry.set_target_info(None)
+        provider = self.tracer_provider
         if self._owns_provider:
-            self.tracer_provider.shutdown()
+
+            def flush_and_shut_down(seconds: float) -> bool:
+                flushed = provider.force_flush(int(seconds * 1000))
+                provider.shutdown()
+                return flushed
+
+            # Not queued behind a flush still under way: the shutdown must start, whatever it
+            # then waits for.
+            deadline = time.monotonic() + timeout_millis / 1000
+            self._shut_down = _BoundedCall(flush_and_shut_down, deadline).wait(deadline)
         else:
-            self.tracer_provider.force_flush()
+            self._shut_down = self.flush(timeout_millis)
+        if not self._shut_down:
+            _log.warning("spans were not all exported within %d ms at shutdown", timeout_millis)
         if self._logging is not None:
             self._logging.undo()
             self._logging = None
         _remove_default_signals(self.signals)
         if self in _configured:
             _configured.remove(self)
+        return self._shut_down
 
     def flush(self, timeout_millis: int = 30_000) -> bool:
-        """Export every finished span now; False if that did not finish in time."""
-        return self.tracer_provider.force_flush(timeout_millis)
+        """Export every finished span now, waiting `timeout_millis` at most.
+
+        A slow or unreachable collector cannot hold the caller longer: no request is
+        given more time than the flush has left, and the wait itself is bounded (an
+        export already under way goes on in the background).
+
+        Returns:
+            True if every span finished before the call was exported in time; False if
+            time ran out or an export failed (those spans are counted in
+            `todo_observability_spans_dropped_total`).
+        """
+        deadline = time.monotonic() + timeout_millis / 1000
+        provider = self.tracer_provider
+        # A flush under way may export (or drop) this call's spans before ours starts:
+        # any span dropped from now on makes the answer False.
+        dropped = self._spans_dropped()
+        while True:
+            with self._flush_lock:
+                call = self._flushing
+                mine = call is None or not call.running
+                if mine:
+                    # One flush thread at a time: repeated calls against a hung collector
+                    # wait for the flush under way instead of piling up threads.
+                    call = self._flushing = _BoundedCall(
+                        lambda seconds: provider.force_flush(int(seconds * 1000)), deadline
+                    )
+            assert call is not None
+            result = call.wait(deadline)
+            if mine:
+                return result and self._spans_dropped() == dropped
+            if call.running:
+                return False
+            # An earlier flush ended in time, but spans may have ended after it began: ours now.
+
+    def _spans_dropped(self) -> float:
+        """Spans counted as never exported so far, for every reason."""
+        return sum(
+            self.registry.get_sample_value(SPANS_DROPPED.name, {"reason": reason}) or 0.0
+            for reason in ("queue_full", "export_failed", "exporter_unavailable")
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
@@ -178,9 +243,10 @@ class Observability:
 
         At start-up: SIGTERM and SIGINT first flip readiness to 503 (then reach the
         server's own handlers, which drain), and the background health refresh starts
-        (`health_refresh`). At shutdown: readiness is down, the refresh stops, the
-        signal handlers are put back and queued spans are exported, so the last
-        requests' spans are not lost. A bare ASGI server runs it around its app:
+        (`health_refresh`, by default each check as its result expires). At shutdown:
+        readiness is down, the refresh stops, the signal handlers are put back and queued
+        spans are exported (5 s at most), so the last requests' spans are not lost. A bare
+        ASGI server runs it around its app:
 
             async with obs.lifespan():
                 await server.serve()
@@ -191,8 +257,8 @@ class Observability:
         restore = chain_shutdown_signals(health.begin_shutdown)
         refresh = self.settings.health_refresh
         try:
-            if refresh:
-                health.start_refresh(refresh)
+            if refresh != "off":
+                health.start_refresh(None if refresh == "ttl" else refresh)
             yield
         finally:
             health.begin_shutdown()
@@ -200,7 +266,28 @@ class Observability:
                 await health.stop_refresh()
             finally:
                 restore()
-                self.flush(5_000)
+                if not self.flush(5_000):
+                    _log.warning("spans were not all exported within 5 s at shutdown")
+
+
+def _health_first(app: ASGIApp, health: HealthEngine) -> ASGIApp:
+    """`app` (the metrics page), which first runs stale health checks when no background refresh runs.
+
+    Without a lifespan (or with `health_refresh=off`) nothing else would run the checks between
+    probes, and `health_check_status` would show whatever the last probe saw. The scrape waits at
+    most the slowest check's timeout; a fresh result is reused, so scrapes cost no more calls than
+    the TTL allows.
+    """
+
+    async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not health.refreshing:
+            try:
+                await health.refresh()
+            except Exception:  # noqa: BLE001 - the page is served whatever the checks do
+                _log.exception("health checks failed to run before a scrape")
+        await app(scope, receive, send)
+
+    return metrics
 
 
 _configured: list[Observability] = []

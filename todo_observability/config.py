@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from todo_observability.exceptions import ConfigurationError
 
@@ -246,6 +246,18 @@ def _optional_seconds(value: Any) -> float | None:
     return seconds
 
 
+def _refresh(value: Any) -> float | str | None:
+    if isinstance(value, str) and value.strip().lower() in {"ttl", "off"}:
+        return value.strip().lower()
+    try:
+        return _optional_seconds(value)
+    except _Invalid:
+        raise _Invalid(
+            "a number of seconds greater than 0",
+            "Or 'ttl' (each check again as its result expires), or 'off' (checks run when probed or scraped).",
+        ) from None
+
+
 def _details_policy(value: Any) -> str:
     if isinstance(value, str) and value.strip().lower() in {"full", "authenticated"}:
         return value.strip().lower()
@@ -371,9 +383,9 @@ OPTIONS: tuple[Option[Any], ...] = (
     Option(
         "health_refresh",
         "TODO_OBS_HEALTH_REFRESH",
-        "none (checks run when probed)",
-        _optional_seconds,
-        "Seconds between background runs of the checks, to keep results warm.",
+        "ttl (each check again as its result expires)",
+        _refresh,
+        "Background runs of the checks: 'ttl', a number of seconds between runs, or 'off'.",
     ),
     Option(
         "health_token",
@@ -395,6 +407,13 @@ OPTIONS: tuple[Option[Any], ...] = (
         "200",
         _positive_int,
         "Distinct values kept per metric label before the overflow value is used.",
+    ),
+    Option(
+        "max_series_per_metric",
+        "TODO_OBS_MAX_SERIES",
+        "1000",
+        _positive_int,
+        "Label combinations kept per metric before every label takes the overflow value.",
     ),
     Option(
         "request_id_header",
@@ -463,7 +482,7 @@ class Settings:
     metrics_path: str | None = "/metrics"
     health_path: str | None = "/health"
     health_details: str = "full"
-    health_refresh: float | None = None
+    health_refresh: float | Literal["ttl", "off"] = "ttl"
     health_token: str | None = None
     excluded_paths: tuple[str, ...] = (
         "/metrics",
@@ -472,6 +491,7 @@ class Settings:
         "/health/startup",
     )
     max_label_values: int = 200
+    max_series_per_metric: int = 1000
     request_id_header: str = "x-request-id"
     user_id_header: str | None = None
     trust_incoming_context: bool = True

@@ -31,6 +31,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "OTHER_METHOD",
     "OVERFLOW_VALUE",
+    "SERIES_OVERFLOW_LABEL",
     "UNMATCHED_ROUTE",
     "LabelGuard",
     "MetricSet",
@@ -45,6 +46,8 @@ UNMATCHED_ROUTE = "<unmatched>"
 """The `route` of requests that matched no route."""
 OVERFLOW_VALUE = "<other>"
 """The value a label takes once its distinct values exceed the cap."""
+SERIES_OVERFLOW_LABEL = "<series>"
+"""The `label` of `todo_observability_label_overflow_total` when a metric's series cap was reached."""
 OTHER_METHOD = "_OTHER"
 """The `method` of requests with a non-standard HTTP method (as OTel semantic conventions say)."""
 STANDARD_METHODS = frozenset(
@@ -123,7 +126,8 @@ SPANS_DROPPED = MetricSpec(
 LABEL_OVERFLOW = MetricSpec(
     "todo_observability_label_overflow_total",
     "counter",
-    f"Observations whose label value was replaced by {OVERFLOW_VALUE!r} by the cardinality guard.",
+    f"Observations whose label value was replaced by {OVERFLOW_VALUE!r} by the cardinality guard "
+    f"(label {SERIES_OVERFLOW_LABEL!r}: every label, the metric had its maximum of series).",
     ("metric", "label"),
 )
 PLUGIN_ERRORS = MetricSpec(
@@ -292,16 +296,22 @@ def _create(spec: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
 
 
 class LabelGuard:
-    """Caps the distinct values of each label of each metric.
+    """Caps the distinct values of each label of each metric, and the series of each metric.
 
     The first `max_values` distinct values of a label are kept; later new
     values become `OVERFLOW_VALUE` and are counted in
-    `todo_observability_label_overflow_total{metric, label}`.
+    `todo_observability_label_overflow_total{metric, label}`. Capping each
+    label is not enough (250 routes x 250 status codes x 10 methods is 625,000
+    series, each under the cap), so a metric also keeps at most `max_series`
+    label combinations: the first `max_series - 1`, then one where every label
+    is `OVERFLOW_VALUE` (counted with `label="<series>"`).
     """
 
-    def __init__(self, max_values: int, overflow: Counter):
+    def __init__(self, max_values: int, overflow: Counter, max_series: int = 1000):
         self.max_values = max_values
+        self.max_series = max_series
         self._seen: dict[tuple[str, str], set[str]] = {}
+        self._series: dict[str, set[tuple[str, ...]]] = {}
         self._overflow = overflow
         self._lock = threading.Lock()
 
@@ -320,6 +330,35 @@ class LabelGuard:
         self._overflow.labels(metric, label).inc()
         return OVERFLOW_VALUE
 
+    def admit_series(self, metric: str, values: tuple[str, ...]) -> tuple[str, ...]:
+        """The label values to record for `metric`: `values`, or all overflow once it is full.
+
+        Call it with values each label's cap has admitted already.
+        """
+        series = self._series.get(metric)
+        if series is not None and values in series:
+            return values
+        overflow = (OVERFLOW_VALUE,) * len(values)
+        with self._lock:
+            series = self._series.setdefault(metric, set())
+            if values in series:
+                return values
+            # One series is kept back for the overflow combination, so the metric never has more.
+            if len(series) < self.max_series - 1 or values == overflow:
+                series.add(values)
+                return values
+        self._overflow.labels(metric, SERIES_OVERFLOW_LABEL).inc()
+        return overflow
+
+    def labels(
+        self, metric: str, names: tuple[str, ...], values: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """`values` of the labels `names` of `metric`, through both caps."""
+        admitted = tuple(
+            self.admit(metric, name, value) for name, value in zip(names, values, strict=True)
+        )
+        return self.admit_series(metric, admitted)
+
 
 class MetricSet:
     """The catalogue's metrics, created once in one registry.
@@ -328,13 +367,15 @@ class MetricSet:
     registry's metrics instead of failing on duplicate names.
     """
 
-    def __init__(self, registry: CollectorRegistry, max_label_values: int = 200):
+    def __init__(
+        self, registry: CollectorRegistry, max_label_values: int = 200, max_series: int = 1000
+    ):
         self.registry = registry
         self.by_name: dict[str, MetricWrapperBase] = {
             spec.name: _create(spec, registry) for spec in CATALOGUE
         }
         self._specs: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
-        self.guard = LabelGuard(max_label_values, self.counter(LABEL_OVERFLOW))
+        self.guard = LabelGuard(max_label_values, self.counter(LABEL_OVERFLOW), max_series)
         # Label children cached by raw label values, so the hot path does one
         # dict lookup instead of prometheus_client's locked `labels()` per metric.
         self._server: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -387,12 +428,16 @@ class MetricSet:
         key = (method, route, status)
         children = self._server.get(key)
         if children is None:
-            guard = self.guard.admit
-            route = guard(HTTP_SERVER_REQUESTS.name, "route", route)
-            status_code = guard(HTTP_SERVER_REQUESTS.name, "status_code", str(status))
+            guard = self.guard
+            route = guard.admit(HTTP_SERVER_REQUESTS.name, "route", route)
+            status_code = guard.admit(HTTP_SERVER_REQUESTS.name, "status_code", str(status))
             children = (
-                self.counter(HTTP_SERVER_REQUESTS).labels(method, route, status_code),
-                self.histogram(HTTP_SERVER_DURATION).labels(method, route),
+                self.counter(HTTP_SERVER_REQUESTS).labels(
+                    *guard.admit_series(HTTP_SERVER_REQUESTS.name, (method, route, status_code))
+                ),
+                self.histogram(HTTP_SERVER_DURATION).labels(
+                    *guard.admit_series(HTTP_SERVER_DURATION.name, (method, route))
+                ),
             )
             if len(self._server) < self._cache_limit():
                 self._server[key] = children
@@ -403,11 +448,16 @@ class MetricSet:
         key = (method, host, status)
         children = self._client.get(key)
         if children is None:
-            host = self.guard.admit(HTTP_CLIENT_REQUESTS.name, "server_address", host)
-            status = self.guard.admit(HTTP_CLIENT_REQUESTS.name, "status_code", status)
+            guard = self.guard
+            host = guard.admit(HTTP_CLIENT_REQUESTS.name, "server_address", host)
+            status = guard.admit(HTTP_CLIENT_REQUESTS.name, "status_code", status)
             children = (
-                self.counter(HTTP_CLIENT_REQUESTS).labels(method, host, status),
-                self.histogram(HTTP_CLIENT_DURATION).labels(method, host),
+                self.counter(HTTP_CLIENT_REQUESTS).labels(
+                    *guard.admit_series(HTTP_CLIENT_REQUESTS.name, (method, host, status))
+                ),
+                self.histogram(HTTP_CLIENT_DURATION).labels(
+                    *guard.admit_series(HTTP_CLIENT_DURATION.name, (method, host))
+                ),
             )
             if len(self._client) < self._cache_limit():
                 self._client[key] = children
@@ -418,10 +468,15 @@ class MetricSet:
         key = (operation, outcome)
         children = self._operations.get(key)
         if children is None:
-            operation = self.guard.admit(OPERATIONS.name, "operation", operation)
+            guard = self.guard
+            operation = guard.admit(OPERATIONS.name, "operation", operation)
             children = (
-                self.counter(OPERATIONS).labels(operation, outcome),
-                self.histogram(OPERATION_DURATION).labels(operation),
+                self.counter(OPERATIONS).labels(
+                    *guard.admit_series(OPERATIONS.name, (operation, outcome))
+                ),
+                self.histogram(OPERATION_DURATION).labels(
+                    *guard.admit_series(OPERATION_DURATION.name, (operation,))
+                ),
             )
             if len(self._operations) < self._cache_limit():
                 self._operations[key] = children
@@ -435,12 +490,9 @@ class MetricSet:
         key = (spec.name, values)
         child = self._children.get(key)
         if child is None:
-            admit = self.guard.admit
-            admitted = [
-                admit(spec.name, label, value)
-                for label, value in zip(spec.labels, values, strict=True)
-            ]
-            child = self.by_name[spec.name].labels(*admitted)
+            child = self.by_name[spec.name].labels(
+                *self.guard.labels(spec.name, spec.labels, values)
+            )
             if len(self._children) < 4 * self._cache_limit():
                 self._children[key] = child
         return child

@@ -192,14 +192,38 @@ def _record_exception(span: trace.Span, exc: BaseException, redactor: Redactor) 
     return scrub(message)
 
 
+def _timeout_knob(exporter: SpanExporter) -> tuple[object, str] | None:
+    """Where `exporter` keeps the seconds one export may take: (object, attribute name), if known.
+
+    The exporters take a timeout at construction only; a flush with less time left
+    must shorten the next request, so the guard sets it for each attempt. The Zipkin
+    exporter reads its public `timeout` on every request; the OTLP/HTTP exporter keeps
+    it on its client, where this SDK version has it (if that ever moves, the flush is
+    still bounded by its caller, only the request is not shortened).
+    """
+    if isinstance(getattr(exporter, "timeout", None), (int, float)):
+        return exporter, "timeout"
+    client = getattr(exporter, "_client", None)
+    if isinstance(getattr(client, "_timeout", None), (int, float)):
+        return client, "_timeout"
+    return None
+
+
 class GuardedSpanExporter(SpanExporter):
     """Wraps an exporter so that a dead collector is cheap, quiet and counted.
 
     A failed export is tried once more at once (a stale keep-alive connection fails
-    the first request it carries); after a second failure the wrapped exporter is
-    not called again until a backoff (1 s, doubling up to `max_backoff`) has passed; batches that arrive
-    meanwhile are dropped without being encoded. Each outage is logged once when
-    it starts and once when it ends.
+    the first request it carries), unless a flush's deadline has passed; after a second
+    failure the wrapped exporter is not called again until a backoff (1 s, doubling up
+    to `max_backoff`) has passed; batches that arrive meanwhile are dropped without
+    being encoded. Each outage is logged once when it starts and once when it ends.
+
+    While a flush waits (`deadline` is set), no request is given more time than the
+    flush has left.
+
+    Attributes:
+        deadline: `time.monotonic()` by which a flush wants its spans exported, or None.
+        failed: Spans not exported so far (failed, or dropped while backing off).
     """
 
     def __init__(self, exporter: SpanExporter, dropped: Counter, *, max_backoff: float = 30.0):
@@ -210,40 +234,66 @@ class GuardedSpanExporter(SpanExporter):
         self._backoff = 0.0
         self._retry_at = 0.0
         self._name = type(exporter).__name__
+        self._knob = _timeout_knob(exporter)
+        self._timeout: float | None = (
+            float(getattr(*self._knob)) if self._knob is not None else None
+        )
+        self.deadline: float | None = None
+        self.failed = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export `spans`, or drop and count them while the exporter backs off."""
         if self._backoff and time.monotonic() < self._retry_at:
             self._unavailable.inc(len(spans))
+            self.failed += len(spans)
             return SpanExportResult.FAILURE
-        result, error = self._attempt(spans)
-        if result is not SpanExportResult.SUCCESS and not self._backoff:
+        deadline = self.deadline
+        result, error = self._attempt(spans, deadline)
+        if (
+            result is not SpanExportResult.SUCCESS
+            and not self._backoff
+            and (deadline is None or time.monotonic() < deadline)
+        ):
             # Once more at once while the collector is believed up: a pooled keep-alive
             # connection that the server timed out just as the batch was sent fails with no
             # answer, and the retry opens a fresh one. A collector that is really down costs
             # one extra call per outage, not per batch.
-            result, error = self._attempt(spans)
+            result, error = self._attempt(spans, deadline)
         if result is SpanExportResult.SUCCESS:
             if self._backoff:
                 _log.warning("%s recovered; spans are exported again", self._name)
             self._backoff = 0.0
             return result
-        self._export_failed.inc(len(spans))
         if not self._backoff:
             _log.warning(
                 "%s failed, spans are dropped until it recovers: %s",
                 self._name,
                 error or "export returned FAILURE",
             )
+        # The backoff is in place before the drop is counted: whoever sees the count sees it.
         self._backoff = min(self._max_backoff, self._backoff * 2 or 1.0)
         self._retry_at = time.monotonic() + self._backoff
+        self.failed += len(spans)
+        self._export_failed.inc(len(spans))
         return result
 
-    def _attempt(self, spans: Sequence[ReadableSpan]) -> tuple[SpanExportResult, Exception | None]:
+    def _attempt(
+        self, spans: Sequence[ReadableSpan], deadline: float | None
+    ) -> tuple[SpanExportResult, Exception | None]:
+        knob, timeout = self._knob, self._timeout
+        left = None if deadline is None else deadline - time.monotonic()
+        # A deadline already passed is a flush that gave up waiting: the usual timeout then.
+        budget = None
+        if knob is not None and timeout is not None and left is not None and left > 0:
+            budget = min(timeout, left)
+            setattr(*knob, budget)
         try:
             return self.exporter.export(spans), None
         except Exception as exc:  # noqa: BLE001 - an exporter must never break the processor thread
             return SpanExportResult.FAILURE, exc
+        finally:
+            if knob is not None and budget is not None:
+                setattr(*knob, timeout)
 
     def shutdown(self) -> None:
         """Shut the wrapped exporter down."""
@@ -259,7 +309,8 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
 
     The SDK drops silently (and logs a warning per span); we count instead and
     skip the per-span warning, which would otherwise flood the logs exactly when
-    the system is already in trouble.
+    the system is already in trouble. Its `force_flush` tells the truth: the SDK's
+    returns True even when nothing was exported, and ignores its timeout.
     """
 
     def __init__(
@@ -275,6 +326,7 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             exporter, max_queue_size=max_queue_size, max_export_batch_size=max_export_batch_size
         )
         self._queue_full = dropped.labels("queue_full")
+        self._guard = exporter if isinstance(exporter, GuardedSpanExporter) else None
         # The SDK exposes no public queue length; read it where this SDK version
         # keeps it, and fall back to the SDK's own behaviour if that ever moves.
         processor = getattr(self, "_batch_processor", None)
@@ -291,6 +343,65 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
             self._queue_full.inc()
             return
         super().on_end(span)
+
+    def force_flush(self, timeout_millis: int | None = 30000) -> bool:
+        """Export the queued spans now; True only if all were exported within `timeout_millis`.
+
+        Requests made meanwhile get no more time than is left. It can still wait
+        longer, for an export already under way on the processor's thread:
+        `Observability.flush()` bounds the wait itself.
+        """
+        timeout = 30.0 if timeout_millis is None else timeout_millis / 1000
+        deadline = time.monotonic() + timeout
+        guard = self._guard
+        failed = guard.failed if guard is not None else 0
+        if guard is not None:
+            guard.deadline = deadline
+        try:
+            flushed = super().force_flush(timeout_millis)
+        finally:
+            if guard is not None and guard.deadline == deadline:
+                guard.deadline = None
+        return (
+            flushed
+            and time.monotonic() <= deadline
+            and (guard is None or guard.failed == failed)
+            and not self._queue
+        )
+
+
+class _BoundedCall:
+    """`function(seconds_left)` on a daemon thread, which callers wait for until a deadline at most.
+
+    An export already under way cannot be interrupted, so waiting for it from
+    another thread is the only way to keep a promise about time. The thread may
+    outlive the wait; it ends with the export it waits for.
+    """
+
+    def __init__(
+        self, function: Callable[[float], bool], deadline: float, *, name: str = "todo-obs-flush"
+    ):
+        self._outcome: list[bool] = []
+        self.thread = threading.Thread(
+            target=self._run, args=(function, deadline), name=name, daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, function: Callable[[float], bool], deadline: float) -> None:
+        try:
+            self._outcome.append(bool(function(max(0.0, deadline - time.monotonic()))))
+        except Exception:  # noqa: BLE001 - a flush that fails says False, it never raises
+            _log.exception("flushing spans failed")
+
+    @property
+    def running(self) -> bool:
+        """Whether `function` has not returned yet."""
+        return self.thread.is_alive()
+
+    def wait(self, deadline: float) -> bool:
+        """`function`'s result, or False if it raised or had not returned by `deadline`."""
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        return not self.thread.is_alive() and bool(self._outcome) and self._outcome[0]
 
 
 class ZipkinFileSpanExporter(SpanExporter):

@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from tests.helpers import free_port
 from todo_observability.exceptions import ConfigurationError, MissingExtraError
-from todo_observability.health import checks
+from todo_observability.health import HealthEngine, checks
 from todo_observability.health.model import Check, CheckResult, Status
 
 from .conftest import PostgresCluster, SilentServer, SmtpServer
@@ -330,6 +330,34 @@ async def test_sync_database_check_follows_a_postgresql_crash_and_restart(
     assert up.status is Status.UP, up.error
     assert down.status is Status.DOWN
     assert back.status is Status.UP, back.error
+
+
+@pytest.mark.anyio
+async def test_a_hung_sync_database_holds_one_thread_and_is_down_while_it_hangs(
+    silent_port: SilentServer,
+) -> None:
+    # No connect timeout: the driver waits for the silent server's greeting forever.
+    engine = create_engine(f"postgresql+psycopg://app@127.0.0.1:{silent_port.port}/app")
+    health = HealthEngine()
+    health.add(checks.database(engine, timeout=0.2, ttl=0))
+    loop = asyncio.get_running_loop()
+    before = threading.active_count()
+    try:
+        reports = [await health.ready() for _ in range(10)]
+        assert threading.active_count() <= before + 1
+        assert len(silent_port.accepted) <= 1
+        errors = [report.results["database"].error or "" for report in reports]
+        assert errors[0] == "timed out after 0.2 s"
+        assert all(error.startswith("still running since ") for error in errors[1:]), errors
+        assert reports[-1].results["database"].details == {"dialect": "postgresql"}
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 5.0) == 42
+    finally:
+        silent_port.close()  # the driver sees the connection end, and its thread returns
+        for thread in threading.enumerate():
+            if thread.name == "health-database":
+                await asyncio.to_thread(thread.join, 10.0)
+        engine.dispose()
+    assert not [t for t in threading.enumerate() if t.name == "health-database"]
 
 
 # --- HTTP dependency -----------------------------------------------------------------------------

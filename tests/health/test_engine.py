@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -124,6 +125,53 @@ async def test_sync_checks_run_in_a_thread() -> None:
     engine.add(Check("sync", sync_check))
     assert (await engine.ready()).status is Status.UP
     assert threads != [threading.get_ident()]
+
+
+def health_threads(name: str) -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == f"health-{name}"]
+
+
+async def test_a_hung_sync_check_holds_one_thread_and_leaves_the_default_executor_free() -> None:
+    release = threading.Event()
+    calls = 0
+
+    def hangs() -> bool:
+        nonlocal calls
+        calls += 1
+        release.wait(60)
+        return True
+
+    clock = FakeClock()
+    engine = HealthEngine(clock=clock)
+    engine.add(Check("db", hangs, timeout=0.1, ttl=1.0))
+    loop = asyncio.get_running_loop()
+    before = threading.active_count()
+    try:
+        reports = []
+        # More TTL periods than the loop's default executor has threads (min(32, cpus + 4)).
+        for _ in range(12):
+            reports.append(await engine.ready())
+            clock.now += 1.0
+        assert threading.active_count() <= before + 1
+        assert calls == 1
+        assert len(health_threads("db")) == 1
+        first, *later = (report.results["db"] for report in reports)
+        assert (first.status, first.error) == (Status.DOWN, "timed out after 0.1 s")
+        for result in later:
+            assert result.status is Status.DOWN
+            assert result.error is not None
+            assert result.error.startswith("still running since "), result.error
+        # The loop's default executor (and so the resolver) is as free as before.
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: 42), 5.0) == 42
+        assert await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 5.0)
+    finally:
+        release.set()
+    for thread in health_threads("db"):
+        await asyncio.to_thread(thread.join, 10.0)
+    assert health_threads("db") == []
+    clock.now += 1.0
+    assert (await engine.ready()).status is Status.UP  # a fresh run, once the old one returned
+    assert calls == 2
 
 
 async def test_exceptions_and_wrong_return_values_are_down_results() -> None:
@@ -262,3 +310,47 @@ async def test_an_object_with_an_async_call_is_awaited() -> None:
     engine.add(Check("replica", Probe()))
     report = await engine.ready()
     assert report.results["replica"].error == "slow replica"
+
+
+async def test_stopping_the_refresh_waits_for_the_runs_it_started() -> None:
+    started, finished = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> bool:
+        started.set()
+        await asyncio.sleep(0.2)
+        finished.set()
+        return True
+
+    engine = HealthEngine()
+    engine.add(Check("db", slow, ttl=60))
+    engine.start_refresh()
+    await asyncio.wait_for(started.wait(), 5.0)
+    await engine.stop_refresh()
+    # Done before the app closes what the check uses (an engine, a client).
+    assert finished.is_set()
+    assert not engine.refreshing
+
+
+async def test_the_refresh_runs_each_check_again_as_its_result_expires() -> None:
+    calls: list[str] = []
+
+    def counted(name: str) -> Callable[[], bool]:
+        def check() -> bool:
+            calls.append(name)
+            return True
+
+        return check
+
+    engine = HealthEngine()
+    engine.add(Check("fast", counted("fast"), ttl=1.0), Check("slow", counted("slow"), ttl=60))
+    engine.start_refresh()
+    try:
+
+        async def fast_twice() -> None:
+            while calls.count("fast") < 2:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(fast_twice(), 10.0)
+    finally:
+        await engine.stop_refresh()
+    assert calls.count("slow") == 1  # still fresh: not run again

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from types import FrameType
 from typing import Any
 
@@ -222,3 +223,108 @@ async def test_background_refresh_keeps_results_warm_without_probes(
     await asyncio.sleep(0.15)
     assert calls == stopped_at  # stopped with the lifespan
     assert obs.health.shutting_down
+
+
+class Lifespan:
+    """Drives an app's lifespan by hand, as a server does: startup now, shutdown on `stop()`."""
+
+    def __init__(self, app: Any) -> None:
+        self._messages: list[dict[str, str]] = [{"type": "lifespan.startup"}]
+        self._done = asyncio.Event()
+        self._task = asyncio.ensure_future(
+            app(
+                {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
+                self._receive,
+                self._send,
+            )
+        )
+
+    async def _receive(self) -> Any:
+        if self._messages:
+            return self._messages.pop()
+        await self._done.wait()
+        return {"type": "lifespan.shutdown"}
+
+    async def _send(self, message: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self._done.set()
+        await self._task
+
+
+async def test_health_check_status_follows_the_dependency_with_no_probe_by_default(
+    make_observability: Factory,
+) -> None:
+    state = {"up": True}
+    registry = CollectorRegistry()
+    app = FastAPI()
+    obs = make_observability(
+        app,
+        registry=registry,
+        health_checks=[Check("db", lambda: state["up"], ttl=0.2)],
+    )
+
+    async def status_is(value: float) -> None:
+        while metric_value(registry, "health_check_status", check="db") != value:
+            await asyncio.sleep(0.05)
+
+    lifespan = Lifespan(app)
+    try:
+        await asyncio.wait_for(status_is(1.0), 10.0)  # not a single probe
+        state["up"] = False
+        await asyncio.wait_for(status_is(0.0), 10.0)
+        state["up"] = True
+        await asyncio.wait_for(status_is(1.0), 10.0)
+    finally:
+        await lifespan.stop()
+    assert not obs.health.refreshing
+    assert obs.settings.health_refresh == "ttl"
+
+
+@pytest.mark.parametrize("refresh", ["off", None])
+async def test_a_scrape_runs_stale_checks_when_nothing_refreshes_them(
+    make_observability: Factory, refresh: str | None
+) -> None:
+    calls = 0
+    state = {"up": True}
+
+    def dependency() -> bool:
+        nonlocal calls
+        calls += 1
+        return state["up"]
+
+    app = FastAPI()
+    make_observability(
+        app,
+        registry=CollectorRegistry(),
+        health_refresh=refresh,  # None: the default, but no lifespan ever runs
+        health_checks=[Check("db", dependency, ttl=60)],
+    )
+    async with client(app) as http:
+        first = (await http.get("/metrics")).text
+        state["up"] = False
+        cached = (await http.get("/metrics")).text  # within the TTL: no new call
+        app.state.observability.health.invalidate("db")
+        stale = (await http.get("/metrics")).text
+    assert 'health_check_status{check="db"} 1.0' in first
+    assert 'health_check_status{check="db"} 1.0' in cached
+    assert 'health_check_status{check="db"} 0.0' in stale
+    assert calls == 2
+
+
+async def test_the_refresh_stops_before_the_apps_own_shutdown(make_observability: Factory) -> None:
+    seen: list[bool] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        seen.append(app.state.observability.health.refreshing)  # the app closes its engines here
+
+    app = FastAPI(lifespan=lifespan)
+    obs = make_observability(app, health_checks=[Check("db", lambda: True)])
+    running = Lifespan(app)
+    while not obs.health.refreshing:
+        await asyncio.sleep(0.01)
+    await running.stop()
+    assert seen == [False]

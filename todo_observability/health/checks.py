@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from todo_observability.exceptions import ConfigurationError, MissingExtraError
+from todo_observability.health._thread import SingleThread, StillRunning
 from todo_observability.health.model import Check, CheckResult
 from todo_observability.redaction import REDACTED, Redactor
 
@@ -164,10 +165,12 @@ def database(
 ) -> Check:
     """A check that runs `SELECT 1` through a SQLAlchemy engine.
 
-    An `AsyncEngine` runs on the event loop; a sync `Engine` runs in a worker thread. A thread
-    cannot be cancelled: when the engine's timeout fires, the thread goes on until the driver
-    returns, so give the engine a connect timeout of its own no longer than this check's
-    (for example `connect_args={"connect_timeout": 2}` with psycopg).
+    An `AsyncEngine` runs on the event loop; a sync `Engine` runs in a thread of the check's
+    own (never the event loop's default executor). A thread cannot be cancelled: when the
+    engine's timeout fires, the thread goes on until the driver returns, and until then the
+    check is DOWN ("still running since 12.0 s") without starting another. Give the engine a
+    connect timeout of its own no longer than this check's (for example
+    `connect_args={"connect_timeout": 2}` with psycopg).
 
     A pooled connection that the server dropped (PostgreSQL restarted, a failover) fails once
     and is invalidated by SQLAlchemy; the check then retries once on a fresh connection, so it
@@ -216,8 +219,11 @@ def database(
             with sync_engine.connect() as connection:
                 return connection.execute(statement).scalar()
 
+        # Its own thread, one at a time, never the loop's default executor: see _thread.py.
+        thread = SingleThread(f"health-{name}")
+
         async def select_one() -> Any:
-            return await asyncio.to_thread(select_one_in_thread)
+            return await thread.run(select_one_in_thread)
 
     async def check_database() -> CheckResult:
         try:
@@ -227,6 +233,8 @@ def database(
                 if not exc.connection_invalidated:
                     raise
                 value = await select_one()  # the pooled connection was dead: one fresh try
+        except StillRunning as exc:
+            return CheckResult.down(str(exc), dialect=dialect)
         except sa_exc.DBAPIError as exc:
             # The driver's own exception reads better than SQLAlchemy's wrapper around it
             # (which adds the statement and a link to its documentation).

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from todo_observability.exceptions import ConfigurationError
+from todo_observability.health._thread import SingleThread, StillRunning
 from todo_observability.health.model import Check, CheckResult, Status
 
 if TYPE_CHECKING:
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
 __all__ = ["GroupReport", "HealthEngine"]
 
 _log = logging.getLogger("todo_observability.health")
+_MIN_REFRESH = 1.0
+"""Seconds between background rounds at the least: a check with ttl=0 is not run in a busy loop."""
+_MAX_REFRESH = 5.0
+"""Seconds between background rounds at the most, so that checks added later are soon picked up."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,7 @@ class HealthEngine:
         self._checks: dict[str, Check] = {}
         self._cache: dict[str, tuple[float, CheckResult]] = {}
         self._running: dict[str, asyncio.Task[CheckResult]] = {}
+        self._threads: dict[str, SingleThread] = {}
         self._last: dict[str, Status] = {}
         self._metrics = metrics
         self._clock = clock
@@ -133,31 +139,73 @@ class HealthEngine:
         else:
             self._cache.pop(name, None)
 
-    def start_refresh(self, interval: float) -> None:
-        """Keep results warm: run every check in the background each `interval` seconds.
+    def start_refresh(self, interval: float | None = None) -> None:
+        """Keep results warm: run the checks in the background, probes or not.
 
-        A check whose cached result is still fresh is not run again, so the
-        dependency sees at most one call per TTL, probes or not; probes then
-        always find a fresh result. Call it from a running event loop (the
-        middleware does, at lifespan startup, when `health_refresh` is set).
+        With no `interval`, each check runs again as its result expires (its TTL),
+        at most once a second; with one, every `interval` seconds. A check whose
+        cached result is still fresh is not run again, so the dependency sees at
+        most one call per TTL, probes or not; probes then always find a fresh
+        result, and `health_check_status` is fresh for every scrape. Call it from
+        a running event loop (`Observability.lifespan()` does, unless
+        `health_refresh` is `off`).
         """
-        if self._refresher is not None and not self._refresher.done():
+        if self.refreshing:
             return
 
         async def refresh() -> None:
             while True:
-                await asyncio.gather(*(self.run(check) for check in self._checks.values()))
-                await asyncio.sleep(interval)
+                try:
+                    await self.refresh()
+                except Exception:  # noqa: BLE001 - the refresh must outlive any one failure
+                    _log.exception("background health refresh failed; it goes on")
+                await asyncio.sleep(interval if interval is not None else self._until_stale())
 
         self._refresher = asyncio.ensure_future(refresh())
 
+    @property
+    def refreshing(self) -> bool:
+        """Whether the background refresh runs."""
+        return self._refresher is not None and not self._refresher.done()
+
+    async def refresh(self) -> None:
+        """Run, concurrently, every check whose result is stale.
+
+        Checks only in the `startup` group are left alone once startup has passed:
+        nothing asks for them any more.
+        """
+        started = self._startup_report is not None
+        await asyncio.gather(
+            *(
+                self.run(check)
+                for check in self._checks.values()
+                if not (started and check.groups == ("startup",))
+            )
+        )
+
+    def _until_stale(self) -> float:
+        """Seconds until the first cached result expires, between the refresh bounds."""
+        now: float = self._clock()
+        expiries = [self._cache[name][0] for name in self._checks if name in self._cache]
+        if len(expiries) < len(self._checks):
+            return _MIN_REFRESH  # a check added since the last round
+        wait = min(expiries, default=now + _MAX_REFRESH) - now
+        return min(max(wait, _MIN_REFRESH), _MAX_REFRESH)
+
     async def stop_refresh(self) -> None:
-        """Stop the background refresh, if it runs."""
+        """Stop the background refresh, if it runs, and wait for the runs it started.
+
+        A run is shared (probes may wait for it too), so it is not cancelled but awaited:
+        it ends within its check's timeout, before the app closes what the check uses.
+        """
         task, self._refresher = self._refresher, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            running = list(self._running.values())
+            if running:
+                await asyncio.wait(running)
 
     def begin_shutdown(self) -> None:
         """From now on readiness answers 503, so that traffic stops before requests drain."""
@@ -186,9 +234,13 @@ class HealthEngine:
                 raw = await asyncio.wait_for(check.function(), check.timeout)  # type: ignore[arg-type]
             else:
                 # The thread cannot be stopped after the timeout: sync checks should bound
-                # their own I/O. The probe answers on time regardless.
+                # their own I/O. The probe answers on time regardless, and while the thread
+                # is still blocked the check is DOWN without starting another one.
                 function = cast("Callable[[], CheckResult | bool | None]", check.function)
-                raw = await asyncio.wait_for(asyncio.to_thread(function), check.timeout)
+                thread = self._threads.get(check.name)
+                if thread is None:
+                    thread = self._threads[check.name] = SingleThread(f"health-{check.name}")
+                raw = await asyncio.wait_for(thread.run(function), check.timeout)
                 if inspect.isawaitable(raw):
                     # An async callable that does not look like one (an object with an
                     # async __call__): its coroutine runs here, in what is left of the timeout.
@@ -197,6 +249,8 @@ class HealthEngine:
             result = _normalise(raw)
         except (asyncio.TimeoutError, TimeoutError):
             result = CheckResult.down(f"timed out after {check.timeout:.1f} s")
+        except StillRunning as exc:
+            result = CheckResult.down(str(exc))
         except Exception as exc:  # noqa: BLE001 - a failing check is a DOWN result, never a 500
             result = CheckResult.down(f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - start
