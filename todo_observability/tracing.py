@@ -199,8 +199,11 @@ def _timeout_knob(exporter: SpanExporter) -> tuple[object, str] | None:
     must shorten the next request, so the guard sets it for each attempt. The Zipkin
     exporter reads its public `timeout` on every request; the OTLP/HTTP exporter keeps
     it on its client, where this SDK version has it (if that ever moves, the flush is
-    still bounded by its caller, only the request is not shortened).
+    still bounded by its caller, only the request is not shortened). The scrubbing
+    wrapper in front of it is looked through.
     """
+    while isinstance(exporter, ScrubbingSpanExporter):
+        exporter = exporter.exporter
     if isinstance(getattr(exporter, "timeout", None), (int, float)):
         return exporter, "timeout"
     client = getattr(exporter, "_client", None)
