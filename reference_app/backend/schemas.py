@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -17,7 +18,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from reference_app.backend.models import TAG_SEPARATOR, Task
-from reference_app.common.recurrence import InvalidRule, normalise, parse_rule
+from reference_app.common.recurrence import (
+    HORIZON_YEARS,
+    InvalidRule,
+    RuleExhausted,
+    first_occurrence,
+    next_occurrence,
+    normalise,
+    parse_rule,
+)
 
 MAX_ID = 2**63 - 1
 """The largest id a 64-bit database integer holds."""
@@ -80,6 +89,13 @@ Recurrence = Annotated[
     StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
     AfterValidator(_text),
 ]
+RECURRENCE_DESCRIPTION = (
+    "An RFC 5545 RRULE (`FREQ=DAILY;BYHOUR=9`) or a preset: DAILY, WEEKLY, MONTHLY. The rule "
+    f"must have an occurrence within {HORIZON_YEARS} years of `due_at` (of now without one), "
+    f"and each next one within {HORIZON_YEARS} years of the last, unless COUNT or UNTIL ends it: "
+    "a rule that never matches, such as `FREQ=DAILY;BYMONTH=2;BYMONTHDAY=31`, or whose UNTIL "
+    "is before its first occurrence, is refused with 422 saying why."
+)
 Moment = Annotated[AwareDatetime, AfterValidator(_utc)]
 """An aware datetime (`2026-11-26T09:00:00Z`, `...+01:00`), normalised to UTC."""
 TaskId = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -95,10 +111,7 @@ class TaskCreate(BaseModel):
     due_at: Moment | None = Field(None, description="When it is due; with a time zone.")
     priority: Priority = "medium"
     tags: Tags = Field(default_factory=list, description="Up to 20 tags of 1-32 characters.")
-    recurrence: Recurrence | None = Field(
-        None,
-        description="An RFC 5545 RRULE (`FREQ=DAILY;BYHOUR=9`) or a preset: DAILY, WEEKLY, MONTHLY.",
-    )
+    recurrence: Recurrence | None = Field(None, description=RECURRENCE_DESCRIPTION)
     remind_at: Moment | None = Field(
         None, description="When to send a reminder e-mail; before `due_at`."
     )
@@ -202,16 +215,34 @@ def check_rules(
 ) -> None:
     """Check what single fields cannot: the rule itself, the reminder before the due time.
 
+    The rule's first occurrence is searched for (bounded, see `reference_app.common.recurrence`):
+    call this in a worker thread, not on the event loop.
+
     Raises:
         InvalidTask: with one error per broken rule, each naming its field.
     """
     errors = []
     if recurrence is not None:
+        anchor = due_at or datetime.now(timezone.utc)
         try:
-            parse_rule(recurrence, due_at or datetime.now(timezone.utc))
+            parse_rule(recurrence, anchor)
             _check_interval(recurrence)
+            first = first_occurrence(recurrence, anchor)
+            # It must recur too, unless COUNT or UNTIL ends it there: recurring-task-service
+            # looks for the next occurrence within the same horizon on each completion.
+            with contextlib.suppress(RuleExhausted):
+                next_occurrence(recurrence, anchor, first)
         except InvalidRule as exc:
             errors.append(_problem("recurrence", f"recurrence: {exc}", recurrence))
+        except RuleExhausted:
+            errors.append(
+                _problem(
+                    "recurrence",
+                    f"recurrence: {recurrence!r} has no occurrence: its UNTIL is before its "
+                    f"first occurrence from {anchor.isoformat()}; set UNTIL later or remove it",
+                    recurrence,
+                )
+            )
         except (OverflowError, ValueError) as exc:
             # dateutil computing the rule's first occurrences near the calendar's edges.
             errors.append(

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from anyio import to_thread
 from sqlalchemy import CursorResult, Select, select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -140,7 +142,7 @@ class Tasks:
         Raises:
             InvalidTask: the fields do not fit together (the rule, remind_at after due_at).
         """
-        check_rules(
+        await _check_rules(
             due_at=body.due_at,
             remind_at=body.remind_at,
             recurrence=body.recurrence,
@@ -213,7 +215,7 @@ class Tasks:
             before = task.snapshot()
             values = {name: getattr(body, name) for name in body.model_fields_set}
             merged = {**before, **values}
-            check_rules(
+            await _check_rules(
                 due_at=merged["due_at"],
                 remind_at=merged["remind_at"],
                 recurrence=merged["recurrence"],
@@ -386,6 +388,11 @@ class Tasks:
             task_id=task.id,
         )
         return [event]
+
+
+async def _check_rules(**fields: Any) -> None:
+    """`check_rules` in a worker thread: searching a rule's occurrences is CPU work."""
+    await to_thread.run_sync(partial(check_rules, **fields))
 
 
 def _log_reminder(task: Task, rows: Sequence[OutboxEvent]) -> None:

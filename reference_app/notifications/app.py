@@ -18,7 +18,13 @@ from reference_app.common.events import (
     REMINDERS,
     REMINDERS_DLQ,
 )
-from reference_app.notifications.reminders import JOB_TYPE, Reminders
+from reference_app.notifications.reminders import (
+    JOB_TYPE,
+    Reminders,
+    SentJobs,
+    SentReminders,
+    SqlSentReminders,
+)
 from reference_app.notifications.settings import Settings
 from todo_observability import configure, get_logger
 from todo_observability.dapr import (
@@ -62,7 +68,8 @@ def create_app(
     reminder, e-mails the reminder when the job triggers and marks it sent on backend. It
     parks `reminders-dlq` and the reminder jobs it gives up on; both replay with `todo-obs dlq`.
     The park is in memory, or with `settings.dlq_database_url` in that database (tables
-    prefixed `DEAD_LETTER_TABLE_PREFIX`), which readiness then checks as `dlq-database`.
+    prefixed `DEAD_LETTER_TABLE_PREFIX`), which readiness then checks as `dlq-database`; the
+    record of the reminders sent is kept with it (table `<prefix>sent_reminders`).
 
     Args:
         settings: The settings; by default `Settings.from_env()`.
@@ -83,13 +90,18 @@ def create_app(
     checks_client = httpx.AsyncClient(transport=dapr_transport) if dapr_transport else None
     engine: AsyncEngine | None = None
     dead_letters: DeadLetterStore
+    sent: SentReminders
     if settings.dlq_database_url is not None:
         from sqlalchemy.ext.asyncio import create_async_engine
 
         engine = create_async_engine(settings.dlq_database_url)
         dead_letters = SqlDeadLetterStore(engine, table_prefix=DEAD_LETTER_TABLE_PREFIX)
+        # The sent reminders beside the dead letters: both must outlive a restart, or a
+        # reminder replayed (or retried) on a new process is e-mailed twice.
+        sent = SqlSentReminders(engine, table_prefix=DEAD_LETTER_TABLE_PREFIX)
     else:
         dead_letters = InMemoryDeadLetterStore()
+        sent = SentJobs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,7 +154,7 @@ def create_app(
             },
         )
 
-    reminders = Reminders(settings, dapr, obs)
+    reminders = Reminders(settings, dapr, obs, sent=sent)
     subscriptions = Subscriptions(
         client=dapr,
         dead_letters=dead_letters,
@@ -175,6 +187,7 @@ def create_app(
             "smtp_attempts": settings.smtp_attempts,
             "dapr_endpoint": settings.dapr_endpoint,
             "dead_letter_store": "sql" if engine is not None else "memory",
+            "sent_reminders_store": "sql" if engine is not None else "memory",
         },
     )
     return app

@@ -5,16 +5,19 @@ Two steps, each safe to run again:
 1. `schedule` (subscription to `reminders`): one job per reminder, named
    `reminder-<task id>-<remind_at as a Unix time>` and scheduled with `overwrite`, so a
    redelivered or replayed event reschedules the same job rather than adding one.
-2. `deliver` (the job's trigger): send the e-mail, then tell backend it was sent. The e-mail
-   is sent at most once per job name in this process: a trigger retried because backend was
-   away, or replayed from the park, skips straight to telling backend.
+2. `deliver` (the job's trigger): send the e-mail, record it sent, then tell backend. The
+   record is kept in `SentReminders`: in the `DLQ_DATABASE_URL` database when there is one
+   (`SqlSentReminders`, so it outlives a restart), else in memory (`SentJobs`). A trigger retried
+   because backend was away, or replayed from the park, even on a new process, finds the record
+   and skips straight to telling backend: the e-mail goes once.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from reference_app.common.auth import Tokens
 from reference_app.common.events import BACKEND, NOTIFICATIONS, ReminderScheduled
@@ -29,6 +32,9 @@ from todo_observability import get_logger, get_user_id, set_user_id
 from todo_observability.dapr import DaprError, Drop, Retry
 
 if TYPE_CHECKING:
+    from sqlalchemy import Table
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from reference_app.notifications.settings import Settings
     from todo_observability import Observability
     from todo_observability.dapr import DaprClient, Job, Message
@@ -40,6 +46,8 @@ __all__ = [
     "JOB_TYPE",
     "Reminders",
     "SentJobs",
+    "SentReminders",
+    "SqlSentReminders",
     "job_name",
 ]
 
@@ -75,11 +83,24 @@ def due_time(remind_at: datetime, now: datetime | None = None) -> str:
     return remind_at.isoformat().replace("+00:00", "Z")
 
 
+class SentReminders(Protocol):
+    """Where the reminders whose e-mail was sent are recorded, by job name."""
+
+    async def was_sent(self, name: str) -> bool:
+        """Whether the e-mail of job `name` was sent."""
+        ...
+
+    async def record(self, name: str, reminder: ReminderScheduled) -> None:
+        """Record that the e-mail of job `name` was sent (again: no change)."""
+        ...
+
+
 class SentJobs:
     """The job names whose e-mail was sent, the most recent `limit` of them (in memory).
 
-    A process restart forgets them: a reminder whose backend update was still pending is
-    then e-mailed again, under the same `Message-ID`.
+    Used when the dead letters are in memory too: a process restart forgets them, and a
+    reminder whose backend update was still pending is then e-mailed again, under the same
+    `Message-ID`.
     """
 
     def __init__(self, limit: int = 10_000):
@@ -99,6 +120,82 @@ class SentJobs:
         while len(self._names) > self.limit:
             self._names.popitem(last=False)
 
+    async def was_sent(self, name: str) -> bool:
+        """Whether `name` is remembered."""
+        return name in self
+
+    async def record(self, name: str, reminder: ReminderScheduled) -> None:
+        """Remember `name`."""
+        self.add(name)
+
+
+class SqlSentReminders:
+    """The sent reminders in a table `<prefix>sent_reminders` of an SQL database.
+
+    One row per job name (`reminder-<task id>-<remind_at>`, the primary key), with the task id
+    and `remind_at` it stands for; the table is created at first use. Recording twice keeps the
+    first row.
+
+    Args:
+        engine: The async engine of the database (the one the dead letters are parked in).
+        table_prefix: Prefix of the table's name.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, table_prefix: str = ""):
+        from sqlalchemy import Column, DateTime, Integer, MetaData, String
+        from sqlalchemy import Table as SqlTable
+
+        self.engine = engine
+        self.table: Table = SqlTable(
+            f"{table_prefix}sent_reminders",
+            MetaData(),
+            Column("job", String(200), primary_key=True),
+            Column("task_id", Integer, nullable=False),
+            Column("remind_at", DateTime(timezone=True), nullable=False),
+            Column("sent_at", DateTime(timezone=True), nullable=False),
+        )
+        self._created = False
+        self._lock = asyncio.Lock()
+
+    async def _ensure_table(self) -> None:
+        if self._created:
+            return
+        async with self._lock:
+            if not self._created:
+                async with self.engine.begin() as connection:
+                    await connection.run_sync(self.table.metadata.create_all)
+                self._created = True
+
+    async def was_sent(self, name: str) -> bool:
+        """Whether a row for `name` exists."""
+        from sqlalchemy import select
+
+        await self._ensure_table()
+        async with self.engine.connect() as connection:
+            found = await connection.scalar(
+                select(self.table.c.job).where(self.table.c.job == name)
+            )
+        return found is not None
+
+    async def record(self, name: str, reminder: ReminderScheduled) -> None:
+        """Insert the row for `name`; one already there (a concurrent trigger's) is kept."""
+        from sqlalchemy.exc import IntegrityError
+
+        await self._ensure_table()
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    self.table.insert().values(
+                        job=name,
+                        task_id=reminder.task_id,
+                        remind_at=_aware(reminder.remind_at),
+                        sent_at=datetime.now(timezone.utc),
+                    )
+                )
+        except IntegrityError:
+            # The primary key: recorded already, which is all this asks.
+            return
+
 
 class Reminders:
     """The service's two handlers and what they share.
@@ -108,6 +205,7 @@ class Reminders:
         dapr: The sidecar client (jobs, invocation of backend).
         observability: Where the reminder metrics are recorded.
         mailer: Sends the e-mails; by default one built from `settings`.
+        sent: Where sent reminders are recorded; by default in memory (`SentJobs`).
     """
 
     def __init__(
@@ -116,13 +214,14 @@ class Reminders:
         dapr: DaprClient,
         observability: Observability,
         mailer: Mailer | None = None,
+        sent: SentReminders | None = None,
     ):
         self.settings = settings
         self.dapr = dapr
         self.metrics = observability.metrics
         self.mailer = mailer or Mailer(settings, observability)
         self.tokens = Tokens(settings.jwt_secret)
-        self.sent = SentJobs()
+        self.sent: SentReminders = sent if sent is not None else SentJobs()
         for spec in (
             REMINDERS_SCHEDULED,
             REMINDER_EMAILS,
@@ -188,7 +287,7 @@ class Reminders:
         if get_user_id() is None:
             set_user_id(reminder.user_id)
         fields = {"job": job.name, "task_id": reminder.task_id, "attempt": job.attempt}
-        if job.name in self.sent:
+        if await self.sent.was_sent(job.name):
             _log.info("reminder e-mail already sent; marking it sent on backend", extra=fields)
         else:
             await self._send(reminder, job, fields)
@@ -212,7 +311,9 @@ class Reminders:
                 },
             )
             raise Drop(failure.reason, failure.detail) from failure
-        self.sent.add(job.name)
+        # Recorded before backend is told: a trigger that finds backend away, or a new process
+        # after a restart, sees the record and does not e-mail again.
+        await self.sent.record(job.name, reminder)
         latency = max(
             0.0, datetime.now(timezone.utc).timestamp() - _aware(reminder.remind_at).timestamp()
         )

@@ -6,18 +6,25 @@ Outcomes, as the sidecar is told them (see the SDK's Subscriptions):
 |---|---|---|
 | payload does not validate | DROP (`validation`, by the SDK) | - |
 | task does not recur | SUCCESS | - |
-| invalid rule | DROP `invalid_rule` | `recurring_next_occurrence_failures_total{reason="invalid_rule"}` |
+| invalid rule, or none within the horizon (`HORIZON_YEARS`) | DROP `invalid_rule` | `recurring_next_occurrence_failures_total{reason="invalid_rule"}` |
 | rule exhausted (COUNT, UNTIL) | SUCCESS: the series ended | `...failures_total{reason="rule_exhausted"}` |
 | backend created the task (201) | SUCCESS | `recurring_next_occurrences_total{outcome="created"}` |
 | backend already had it (200) | SUCCESS | `recurring_next_occurrences_total{outcome="existing"}` |
 | backend 5xx, 408, 429, or the sidecar failed | RETRY `backend_unavailable` | `...failures_total{reason="backend_error"}` |
 | backend refused it (other 4xx) | DROP `backend_rejected` | `...failures_total{reason="backend_rejected"}` |
+
+The next occurrence is searched for in a worker thread, within the bounds of
+`reference_app.common.recurrence` (ten years ahead, `MAX_EXAMINED` occurrences, `TIME_LIMIT`
+seconds): a rule that never matches, published before backend refused such rules, is dropped
+within milliseconds with the bound that stopped it, and the event loop keeps serving meanwhile.
 """
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+
+from anyio import to_thread
 
 from reference_app.common.events import BACKEND, RECURRING, TaskCompleted
 from reference_app.common.metrics import (
@@ -85,7 +92,7 @@ class NextOccurrences:
             if not event.recurrence:
                 log.info("completed task does not recur: nothing to create")
                 return
-            calculation = self._calculate(event)
+            calculation = await self._calculate(event)
             if calculation.next_due_at is None:
                 self._failures["rule_exhausted"].inc()
                 log.info(
@@ -109,10 +116,12 @@ class NextOccurrences:
             )
             await self._create(event, calculation.next_due_at)
 
-    def _calculate(self, event: TaskCompleted) -> Calculation:
+    async def _calculate(self, event: TaskCompleted) -> Calculation:
         start = time.perf_counter()
         try:
-            return calculate_next_occurrence(event)
+            # CPU work, bounded in time by the search itself: off the loop, so the loop keeps
+            # answering probes and other deliveries while it runs.
+            return await to_thread.run_sync(calculate_next_occurrence, event)
         except InvalidRule as exc:
             self._failures["invalid_rule"].inc()
             log.warning(

@@ -63,8 +63,11 @@ def calculate_next_occurrence(event: TaskCompleted) -> Calculation:
     Returns:
         The calculation; `next_due_at` is None when the rule is exhausted.
 
+    Bounded CPU work (see `next_occurrence`): the handler runs it in a worker thread.
+
     Raises:
-        InvalidRule: the rule cannot be used (the message names the part that is wrong).
+        InvalidRule: the rule cannot be used (the message names the part that is wrong), or
+            has no occurrence within the search's bounds (the message names the bound).
     """
     rule = event.recurrence or ""
     completed_at = _aware(event.completed_at)

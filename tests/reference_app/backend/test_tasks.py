@@ -334,3 +334,60 @@ async def test_an_id_out_of_a_64_bit_range_is_422(backend: Harness, task_id: str
     response = await backend.client.get(f"/tasks/{task_id}", headers=backend.auth())
     assert response.status_code == 422
     assert response.json()["message"].startswith("task_id: ")
+
+
+@pytest.mark.parametrize(
+    ("rule", "cause"),
+    [
+        (
+            "FREQ=DAILY;BYMONTHDAY=31;BYMONTH=2",
+            "BYMONTHDAY: BYMONTHDAY=31 never falls in BYMONTH=2 (February has at most 29 days)",
+        ),
+        (
+            "FREQ=YEARLY;INTERVAL=20",
+            "rule: no occurrence within 10 years after 2030-01-01T00:00:00+00:00 "
+            "(INTERVAL=20 leaves none in that time): a rule must recur within 10 years",
+        ),
+    ],
+)
+async def test_a_rule_with_no_occurrence_within_the_horizon_is_refused_saying_why(
+    backend: Harness, rule: str, cause: str
+) -> None:
+    response = await backend.client.post(
+        "/tasks",
+        json={"title": "x", "due_at": "2030-01-01T00:00:00Z", "recurrence": rule},
+        headers=backend.auth(),
+    )
+    assert response.status_code == 422, response.text
+    message = response.json()["message"]
+    assert message.startswith(f"recurrence: invalid recurrence {rule!r}: {cause}")
+    assert "UNTIL" not in message
+    assert backend.events("task-updates") == []
+
+
+async def test_a_rule_ending_before_its_first_occurrence_is_refused(backend: Harness) -> None:
+    response = await backend.client.post(
+        "/tasks",
+        json={
+            "title": "x",
+            "due_at": "2030-01-01T09:00:00Z",
+            "recurrence": "FREQ=DAILY;UNTIL=20291231T000000Z",
+        },
+        headers=backend.auth(),
+    )
+    assert response.status_code == 422
+    assert response.json()["message"] == (
+        "recurrence: 'FREQ=DAILY;UNTIL=20291231T000000Z' has no occurrence: its UNTIL is before "
+        "its first occurrence from 2030-01-01T09:00:00+00:00; set UNTIL later or remove it"
+    )
+
+
+async def test_a_patch_to_a_rule_with_no_occurrence_is_refused(backend: Harness) -> None:
+    task = await backend.create(due_at="2030-01-01T09:00:00Z", recurrence="DAILY")
+    response = await backend.client.patch(
+        f"/tasks/{task['id']}",
+        json={"recurrence": "FREQ=DAILY;BYMONTHDAY=31;BYMONTH=2"},
+        headers=backend.auth(),
+    )
+    assert response.status_code == 422
+    assert "never falls in BYMONTH=2" in response.json()["message"]

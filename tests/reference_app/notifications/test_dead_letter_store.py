@@ -154,3 +154,35 @@ async def test_without_a_dead_letter_database_the_park_is_in_memory(
     assert set(ready.json()["checks"]) == {"smtp", "dapr-sidecar", "dapr-jobs"}
     [configured] = system.service_logs("notification service configured")
     assert configured["context"]["dead_letter_store"] == "memory"
+
+
+async def test_a_reminder_sent_before_a_restart_is_not_e_mailed_again_by_the_new_process(
+    start_system: StartSystem, tmp_path: Path
+) -> None:
+    database = tmp_path / "data" / "notifications.db"
+    url = f"sqlite+aiosqlite:///{database}"
+    first = await start_system(dlq_database_url=url, job_trigger_attempts=50)
+    first.backend.answers = [503] * 50  # backend away: the reminder is never marked sent
+    payload = reminder(24, in_seconds=-1.0)
+    name = job_name_of(payload)
+    await first.publish(payload)
+    [status, *_] = await first.wait_for_triggers(name, 1)
+    assert status >= 500  # e-mailed, backend not told: the job is to be triggered again
+    assert len(first.mailbox.received) == 1
+
+    await first.stop()  # the process goes between the e-mail and backend's update
+    second = await start_system(dlq_database_url=url)
+    # The reminder's job triggers on the new process (here: its event delivered again).
+    await second.publish(payload)
+    assert await second.wait_for_triggers(name, 1) == [200]
+    await second.sidecar.idle()
+
+    assert len(second.mailbox.received) == 1  # the one e-mail, from the first process
+    assert [m.task_id for m in second.backend.marked] == [24]
+    [skipped] = second.service_logs("reminder e-mail already sent; marking it sent on backend")
+    assert skipped["context"]["job"] == name
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        recorded = connection.execute(
+            f"SELECT job, task_id FROM {DEAD_LETTER_TABLE_PREFIX}sent_reminders"
+        ).fetchall()
+    assert recorded == [(name, 24)]

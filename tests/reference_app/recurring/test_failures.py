@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from opentelemetry.trace import StatusCode
 
@@ -162,3 +165,54 @@ async def test_a_request_backend_refuses_is_parked_with_its_answer(system: Syste
         message="backend refused the next occurrence: the message is dead-lettered"
     )
     assert (line["level"], line["context"]["status_code"]) == ("ERROR", 422)
+
+
+@pytest.mark.parametrize(
+    ("rule", "due_at", "cause"),
+    [
+        # Published before backend refused it: dateutil alone searched 3 to 6 s, on the loop.
+        (
+            "FREQ=DAILY;BYMONTHDAY=31;BYMONTH=2",
+            "2026-11-26T09:00:00Z",
+            "BYMONTHDAY=31 never falls in BYMONTH=2",
+        ),
+        # Not refused by a look at the parts: found by the bounded search.
+        (
+            "FREQ=MONTHLY;INTERVAL=12;BYMONTHDAY=31",
+            "2026-02-01T09:00:00Z",
+            "no occurrence within 10 years after 2026-11-26T09:30:00+00:00",
+        ),
+    ],
+)
+async def test_a_rule_that_never_matches_is_parked_naming_why_and_the_loop_keeps_running(
+    system: System, rule: str, due_at: str, cause: str
+) -> None:
+    lags: list[float] = []
+    running = True
+
+    async def watch_the_loop() -> None:
+        # How late a 10 ms sleep wakes up is how long the loop was kept from running.
+        while running:
+            began = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - began - 0.01)
+
+    watcher = asyncio.create_task(watch_the_loop())
+    try:
+        await system.publish(completed(recurrence=rule, due_at=due_at), event_id="evt-feb-31")
+        await system.settle()
+    finally:
+        running = False
+        await watcher
+
+    # Never blocked for long: half a second leaves room for a loaded machine.
+    assert lags
+    assert max(lags) < 0.5, max(lags)
+    assert system.backend.requests == []
+    [result] = system.results()
+    assert (result.outcome, result.reason, result.attempts) == ("dead_lettered", "drop", 1)
+    [message] = await parked(system)
+    assert message["reason"] == "invalid_rule"
+    assert cause in str(message["detail"])
+    assert "UNTIL passed" not in str(message["detail"])
+    assert system.metric("recurring_next_occurrence_failures_total", reason="invalid_rule") == 1

@@ -1,0 +1,93 @@
+"""The rules across fields: a generated recurrence rule recurs within the horizon or is refused.
+
+Every check is quick: the search is bounded, never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from datetime import datetime, timezone
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reference_app.backend.schemas import InvalidTask, check_rules
+from reference_app.common.recurrence import (
+    HORIZON,
+    TIME_LIMIT,
+    RuleExhausted,
+    first_occurrence,
+    next_occurrence,
+)
+
+FREQS = ["YEARLY", "MONTHLY", "WEEKLY", "DAILY", "HOURLY", "MINUTELY", "SECONDLY"]
+DAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
+
+
+def _numbers(low: int, high: int, *, signed: bool = False) -> st.SearchStrategy[str]:
+    number = st.integers(low, high).map(str)
+    if signed:
+        number = st.one_of(number, st.integers(low, high).map(lambda n: f"-{n}"))
+    return st.lists(number, min_size=1, max_size=3, unique=True).map(",".join)
+
+
+PARTS: dict[str, st.SearchStrategy[str]] = {
+    "INTERVAL": st.integers(1, 30).map(str),
+    "COUNT": st.integers(1, 50).map(str),
+    "UNTIL": st.datetimes(datetime(2020, 1, 1), datetime(2045, 1, 1)).map(
+        lambda moment: moment.strftime("%Y%m%dT%H%M%SZ")
+    ),
+    "BYMONTH": _numbers(1, 12),
+    "BYMONTHDAY": _numbers(1, 31, signed=True),
+    "BYYEARDAY": _numbers(1, 366, signed=True),
+    "BYWEEKNO": _numbers(1, 53, signed=True),
+    "BYDAY": st.lists(st.sampled_from(DAYS), min_size=1, max_size=3, unique=True).map(",".join),
+    "BYHOUR": _numbers(0, 23),
+    "BYMINUTE": _numbers(0, 59),
+    "BYSECOND": _numbers(0, 59),
+    "BYSETPOS": _numbers(1, 5, signed=True),
+}
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> str:
+    names = draw(st.lists(st.sampled_from(sorted(PARTS)), max_size=4, unique=True))
+    if "COUNT" in names and "UNTIL" in names:
+        names.remove("UNTIL")
+    parts = [f"FREQ={draw(st.sampled_from(FREQS))}"]
+    parts += [f"{name}={draw(PARTS[name])}" for name in names]
+    return ";".join(parts)
+
+
+@settings(
+    max_examples=300,
+    deadline=None,  # measured below, against the bound that matters
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    rule=rules(),
+    due_at=st.datetimes(
+        datetime(2000, 1, 1), datetime(2040, 1, 1), timezones=st.just(timezone.utc)
+    ),
+)
+def test_a_rule_has_an_occurrence_within_the_horizon_or_is_refused_quickly(
+    rule: str, due_at: datetime
+) -> None:
+    began = time.perf_counter()
+    try:
+        check_rules(due_at=due_at, remind_at=None, recurrence=rule)
+    except InvalidTask as refused:
+        elapsed = time.perf_counter() - began
+        [error] = refused.errors
+        assert error["loc"] == ["body", "recurrence"]
+        assert error["msg"].startswith("recurrence: ")
+        assert rule in error["msg"]
+    else:
+        elapsed = time.perf_counter() - began
+        found = first_occurrence(rule, due_at, time_limit=60)
+        assert due_at <= found <= due_at + HORIZON
+        with contextlib.suppress(RuleExhausted):  # COUNT or UNTIL may end it there
+            assert next_occurrence(rule, due_at, found, time_limit=60) <= found + HORIZON
+    # The search stops itself at its time limit; the margin is for a loaded machine.
+    assert elapsed < TIME_LIMIT + 2.0
