@@ -25,8 +25,7 @@ from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,
     RequestContext,
-    _enter_context,
-    _exit_context,
+    _current,
     valid_request_id,
     valid_user_id,
 )
@@ -43,6 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["UnitOfWork", "baggage_ids"]
 
 _U = TypeVar("_U", bound="UnitOfWork")
+# Bound once: entering and leaving a unit is on every request's path.
+_enter = _current.set
+_reset = _current.reset
+_now = time.perf_counter
 
 
 def baggage_ids(parent: Context | None) -> tuple[str | None, str | None]:
@@ -106,7 +109,7 @@ class UnitOfWork:
         self.context = context
         self.error: BaseException | None = None
         self._in_flight = in_flight
-        self._token = _enter_context(context)
+        self._token = _enter(context)
         self.span: trace.Span = trace.INVALID_SPAN
         self._otel_token: Token[Context] | None = None
         if name is not None:
@@ -116,7 +119,7 @@ class UnitOfWork:
             self._otel_token = otel_context.attach(trace.set_span_in_context(self.span, parent))
         if in_flight is not None:
             in_flight.inc()
-        self.start = time.perf_counter()
+        self.start = _now()
 
     def __enter__(self: _U) -> _U:
         return self
@@ -127,27 +130,25 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Record the outcome, then end the span, detach and reset, in that order, whatever recording does."""
+        elapsed = _now() - self.start
         if exc is not None and self.error is None:
             self.error = exc
-        self.finish()
-
-    def finish(self) -> None:
-        """Record the outcome, then end the span, detach and reset, in that order, whatever recording does."""
-        elapsed = time.perf_counter() - self.start
         try:
             if self._in_flight is not None:
                 self._in_flight.dec()
             self.record(elapsed)
-        except Exception as exc:  # noqa: BLE001 - observability must not fail the unit it observes
-            _report(exc)
+        except Exception as failure:  # noqa: BLE001 - observability must not fail the unit it observes
+            _report(failure)
         finally:
+            otel_token = self._otel_token
             try:
-                if self._otel_token is not None:
+                if otel_token is not None:
                     self.span.end()
             finally:
-                if self._otel_token is not None:
-                    otel_context.detach(self._otel_token)
-                _exit_context(self._token)
+                if otel_token is not None:
+                    otel_context.detach(otel_token)
+                _reset(self._token)
 
     def record(self, elapsed: float) -> None:
         """Record metrics, span status and the outcome line; `elapsed` is the work's duration in seconds."""

@@ -194,7 +194,12 @@ class ObservabilityMiddleware:
         if path in self._excluded:
             # No span, no metrics, no access line unless it fails.
             with _Unobserved(self, ctx, scope, send, user_agent) as unit:
-                await _serve(target, scope, receive, unit)
+                try:
+                    await target(scope, receive, unit.send)
+                except Exception:
+                    if not unit.started:
+                        await _answer_500(unit.send)
+                    raise
             return
 
         method: str = scope["method"]
@@ -204,7 +209,13 @@ class ObservabilityMiddleware:
             if unit.recording:
                 for enrich in self._span_enrichers:
                     enrich(unit.span, scope)
-            await _serve(target, scope, receive, unit)
+            try:
+                await target(scope, receive, unit.send)
+            except Exception:
+                # Answer 500 (with the request id) for an app that raised before responding.
+                if not unit.started:
+                    await _answer_500(unit.send)
+                raise
 
     def _finish_span(
         self,
@@ -411,7 +422,8 @@ class _Response(UnitOfWork):
         self._downstream = send
         self._header = mw._request_id_header
         self._request_id = ctx.request_id.encode("latin-1")
-        super().__init__(
+        UnitOfWork.__init__(
+            self,
             mw._signals,
             ctx,
             name,
@@ -472,7 +484,7 @@ class _Request(_Response):
     ):
         self.method = method
         self.captured = captured
-        super().__init__(mw, ctx, scope, send, user_agent, method, parent)
+        _Response.__init__(self, mw, ctx, scope, send, user_agent, method, parent)
         self.recording = self.span.is_recording()
 
     def record(self, elapsed: float) -> None:
@@ -511,16 +523,6 @@ def _without_identity(parent: Context) -> Context:
     if BAGGAGE_REQUEST_ID in entries:
         parent = baggage.remove_baggage(BAGGAGE_REQUEST_ID, parent)
     return parent
-
-
-async def _serve(app: ASGIApp, scope: Scope, receive: Receive, unit: _Response) -> None:
-    """Run `app` for the request; answer 500 (with the request id) if it raised before responding."""
-    try:
-        await app(scope, receive, unit.send)
-    except Exception:
-        if not unit.started:
-            await _answer_500(unit.send)
-        raise
 
 
 async def _answer_500(send: Send) -> None:
