@@ -155,3 +155,17 @@ def test_a_running_service_imports_no_tooling() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+
+def test_the_readme_lists_every_extra() -> None:
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    declared = re.findall(r"^([a-z0-9-]+) = ", section, flags=re.MULTILINE)
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    [listed] = re.findall(r"\(extras: ([^)]*)\)", readme)
+    assert [name.strip(" `") for name in listed.split(",")] == declared

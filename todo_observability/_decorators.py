@@ -7,7 +7,7 @@ import inspect
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Coroutine
     from contextlib import AbstractContextManager
 
 P = ParamSpec("P")
@@ -28,8 +28,12 @@ class ContextDecorator:
         """The context manager one call of `func` runs in."""
         raise NotImplementedError
 
+    # An `async def` is typed as returning a Coroutine (not just an Awaitable), so that
+    # asyncio.run(f()), create_task(f()) and TaskGroup.create_task(f()) type-check.
     @overload
-    def __call__(self, func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    def __call__(
+        self, func: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
     def __call__(self, func: Callable[P, R]) -> Callable[P, R]: ...
     def __call__(self, func: Callable[P, Any]) -> Callable[P, Any]:
