@@ -157,7 +157,6 @@ def test_a_running_service_imports_no_tooling() -> None:
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
-
 def test_the_readme_lists_every_extra() -> None:
     import re
     from pathlib import Path
