@@ -285,14 +285,16 @@ def test_otlp_without_its_extra_says_how_to_install(monkeypatch: pytest.MonkeyPa
         build_tracer_provider(settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED))
 
 
-def test_console_exporter_is_available(capsys: pytest.CaptureFixture[str]) -> None:
+def test_console_exporter_writes_one_json_line_per_span(capsys: pytest.CaptureFixture[str]) -> None:
     settings = resolve_settings(env={}, traces_exporter="console")
     provider, _ = build_tracer_provider(
         settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
     )
-    finished(provider, 1)
+    finished(provider, 2)
     provider.shutdown()
-    assert '"name": "op-0"' in capsys.readouterr().out
+    # stdout stays a stream of JSON lines, between the JSON log lines.
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(json.loads(line)["name"] for line in lines) == ["op-0", "op-1"]
 
 
 def test_shutdown_flushes_pending_spans(tmp_path: Path, make_observability: Factory) -> None:

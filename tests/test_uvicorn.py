@@ -99,6 +99,12 @@ def test_real_uvicorn_process_logs_measures_and_traces(
         ("uvicorn-1", "/tasks/{task_id}", 200),
         ("uvicorn-2", "/boom", 500),
     ]
+    # One line per failure, correlated: the access line carries the traceback; uvicorn's own
+    # "Exception in ASGI application" (no request id, no trace id) does not repeat it.
+    with_traceback = [line for line in lines if "served failure" in json.dumps(line)]
+    assert [line["logger"] for line in with_traceback] == ["todo_observability.access"]
+    assert with_traceback[0]["request_id"] == "uvicorn-2"
+    assert with_traceback[0]["trace_id"]
     [read] = [line for line in lines if line["message"] == "task read"]
     assert read["request_id"] == "uvicorn-1"
     assert read["service_name"] == "served"

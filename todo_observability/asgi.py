@@ -27,7 +27,13 @@ from todo_observability.context import (
 )
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.health.endpoints import HealthEndpoints
-from todo_observability.logs import _TRUSTED_CONTEXT_ATTR, ACCESS_LOGGER, Correlation, _emit_trusted
+from todo_observability.logs import (
+    _TRUSTED_CONTEXT_ATTR,
+    ACCESS_LOGGER,
+    Correlation,
+    _emit_trusted,
+    _mark_logged,
+)
 from todo_observability.metrics import (
     HTTP_SERVER_IN_FLIGHT,
     OTHER_METHOD,
@@ -313,6 +319,8 @@ class ObservabilityMiddleware:
             extra={_TRUSTED_CONTEXT_ATTR: fields},
         )
         access.handle(record)
+        if error is not None:
+            _mark_logged(error)
 
     def _route_template(self, scope: Scope) -> str:
         """The route template of a routed request, mounts included, or UNMATCHED_ROUTE."""

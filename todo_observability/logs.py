@@ -361,6 +361,7 @@ class LoggingSetup:
             logger.disabled = disabled
         for name, level in self.levels.items():
             logging.getLogger(name).setLevel(level)
+        logging.getLogger("uvicorn.error").removeFilter(_already_logged)
 
 
 def configure_logging(
@@ -419,8 +420,31 @@ def configure_logging(
         logger.handlers.clear()
         logger.propagate = name != "uvicorn.access"
     logging.getLogger("uvicorn.access").disabled = True
+    server_errors = logging.getLogger("uvicorn.error")
+    if _already_logged not in server_errors.filters:
+        server_errors.addFilter(_already_logged)
     _installed = setup
     return setup
+
+
+_LOGGED_MARK = "_todo_observability_logged"
+"""Set on an exception once a line of the SDK (the access line of its request) carried it."""
+
+
+def _mark_logged(error: BaseException) -> None:
+    """Note that `error` has been logged with its request's ids, so the server need not repeat it."""
+    with contextlib.suppress(Exception):  # an exception class that refuses attributes: logged twice
+        setattr(error, _LOGGED_MARK, True)
+
+
+def _already_logged(record: logging.LogRecord) -> bool:
+    """A filter of `uvicorn.error`: False for the server's line about an exception already logged.
+
+    An unhandled exception is on the request's access line, with its request id and trace id;
+    uvicorn's own "Exception in ASGI application" would repeat its traceback without them.
+    """
+    exc_info = record.exc_info
+    return not (exc_info and getattr(exc_info[1], _LOGGED_MARK, False))
 
 
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")

@@ -192,6 +192,11 @@ def _record_exception(span: trace.Span, exc: BaseException, redactor: Redactor) 
     return scrub(message)
 
 
+def _one_line(span: ReadableSpan) -> str:
+    line: str = span.to_json(indent=None)
+    return line + "\n"
+
+
 def _timeout_knob(exporter: SpanExporter) -> tuple[object, str] | None:
     """Where `exporter` keeps the seconds one export may take: (object, attribute name), if known.
 
@@ -463,7 +468,8 @@ def _exporter(name: str, settings: Settings) -> SpanExporter:
         return OTLPSpanExporter(endpoint=endpoint)  # type: ignore[no-any-return,unused-ignore]
     if name == "console":
         # The SDK's default binds the sys.stdout of import time; use today's.
-        return ConsoleSpanExporter(out=sys.stdout)
+        # One line per span: stdout stays a stream of JSON lines, the logs' among them.
+        return ConsoleSpanExporter(out=sys.stdout, formatter=_one_line)
     assert name == "file"
     assert settings.traces_file
     return ZipkinFileSpanExporter(settings.traces_file)

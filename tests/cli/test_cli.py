@@ -77,6 +77,35 @@ def test_trace_renders_a_tree_from_a_span_file(tmp_path: Path) -> None:
     assert run("trace", str(spans), "--all")[1].count("trace ") == 2
 
 
+def test_trace_shows_the_latest_users_request_not_the_latest_background_span(
+    tmp_path: Path,
+) -> None:
+    request = {
+        "traceId": "a" * 32,
+        "id": "1" * 16,
+        "name": "POST /tasks",
+        "kind": "SERVER",
+        "timestamp": 10,
+        "duration": 2000,
+        "localEndpoint": {"serviceName": "backend"},
+    }
+    probe = {  # later, but a health check's own outgoing call
+        "traceId": "c" * 32,
+        "id": "3" * 16,
+        "name": "GET",
+        "kind": "CLIENT",
+        "timestamp": 20,
+        "duration": 100,
+        "localEndpoint": {"serviceName": "backend"},
+    }
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps([request]) + "\n" + json.dumps([probe]) + "\n")
+    status, out = run("trace", str(spans))
+    assert status == 0
+    assert out.startswith(f"trace {'a' * 32}: 1 spans")
+    assert "--trace-id ID shows another" in out
+
+
 def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text("not json\n")

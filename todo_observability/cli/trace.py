@@ -20,7 +20,10 @@ def add_parser(subcommands: Any) -> None:
         "trace", help="show a trace from a Zipkin v2 span file as a tree"
     )
     trace.add_argument("file", help="span file written by the file exporter (TODO_OBS_TRACES_FILE)")
-    trace.add_argument("--trace-id", help="the trace to show (default: the last one in the file)")
+    trace.add_argument(
+        "--trace-id",
+        help="the trace to show (default: the latest one with a server span, a user's request)",
+    )
     trace.add_argument("--all", action="store_true", help="show every trace in the file")
     trace.set_defaults(run=run)
 
@@ -31,11 +34,25 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     if not spans:
         out.write(f"{args.file}: no spans\n")
         return 1
-    trace_ids = (
-        [args.trace_id] if args.trace_id else list(dict.fromkeys(s["traceId"] for s in spans))
-    )
-    if not args.trace_id and not args.all:
-        trace_ids = trace_ids[-1:]
+    if args.trace_id:
+        trace_ids = [args.trace_id]
+    elif args.all:
+        trace_ids = list(dict.fromkeys(s["traceId"] for s in spans))
+    else:
+        trace_ids = [_latest_request(spans)]
     for trace_id in trace_ids:
         out.write("\n".join(render_trace_tree(spans, trace_id)) + "\n")
+    if not args.trace_id and not args.all:
+        out.write("(the latest trace with a server span; --trace-id ID shows another, --all all)\n")
     return 0
+
+
+def _latest_request(spans: list[dict[str, Any]]) -> str:
+    """The trace of the latest request a service served, else simply the latest trace.
+
+    A span file also holds traces of background work (a health check's calls, a sidecar's
+    own spans): a trace with a SERVER span is what a user caused.
+    """
+    served = [s for s in spans if s.get("kind") == "SERVER"] or spans
+    latest = max(served, key=lambda s: (s.get("timestamp", 0), served.index(s)))
+    return str(latest["traceId"])
