@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -13,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from tests.helpers import LoopbackServer, eventually
+from tests.helpers import LoopbackServer, eventually, spans
 from todo_observability import traced
 from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
@@ -516,3 +518,164 @@ def test_flush_against_a_slow_collector_says_false_on_time_then_true_in_time(
     finally:
         collector.stop()
     assert "in time" in received
+
+
+@pytest.mark.parametrize(
+    ("sampler", "recorded"),
+    [
+        ("always_on", True),
+        ("always_off", False),
+        ("traceidratio", True),
+        ("parentbased_always_on", True),
+        ("parentbased_always_off", False),
+        ("parentbased_traceidratio", True),
+        ("ALWAYS_OFF", False),
+    ],
+)
+def test_every_sampler_the_specification_lists_is_honoured(
+    make_observability: Factory, monkeypatch: pytest.MonkeyPatch, sampler: str, recorded: bool
+) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    obs = make_observability(sample_ratio=1.0)
+    with obs.tracer.start_as_current_span("work") as span:
+        assert span.is_recording() is recorded
+    assert len(spans(obs)) == (1 if recorded else 0)
+
+
+def test_a_parent_based_sampler_follows_the_callers_decision(make_observability: Factory) -> None:
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    obs = make_observability(traces_sampler="parentbased_always_on")
+    unsampled_parent = otel_trace.set_span_in_context(
+        NonRecordingSpan(SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(0)))
+    )
+    with obs.tracer.start_as_current_span("child", context=unsampled_parent) as span:
+        assert not span.is_recording()
+    always = make_observability(traces_sampler="always_on", registry=CollectorRegistry())
+    with always.tracer.start_as_current_span("child", context=unsampled_parent) as span:
+        assert span.is_recording()
+
+
+@pytest.mark.parametrize("sampler", ["jaeger_remote", "xray", "sometimes", ""])
+def test_an_unsupported_sampler_is_refused_with_what_is_supported(sampler: str) -> None:
+    from todo_observability.exceptions import ConfigurationError
+
+    if not sampler:
+        assert resolve_settings(env={"OTEL_TRACES_SAMPLER": sampler}).traces_sampler == (
+            "parentbased_traceidratio"
+        )
+        return
+    with pytest.raises(ConfigurationError, match=r"OTEL_TRACES_SAMPLER.*always_off.*traceidratio"):
+        resolve_settings(env={"OTEL_TRACES_SAMPLER": sampler})
+
+
+def test_todo_obs_config_shows_otel_sdk_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from todo_observability.cli import main
+
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    out = io.StringIO()
+    assert main(["config"], out) == 0
+    [row] = [line for line in out.getvalue().splitlines() if line.startswith("sdk_disabled")]
+    assert row.split() == ["sdk_disabled", "True", "$OTEL_SDK_DISABLED"]
+
+
+def _otlp_exporter_of(settings: Any) -> Any:
+    provider, _ = build_tracer_provider(
+        settings, _metric_set(CollectorRegistry()).counter(SPANS_DROPPED)
+    )
+    [processor] = provider._active_span_processor._span_processors
+    assert isinstance(processor, CountingBatchSpanProcessor)
+    guarded = processor._batch_processor._exporter
+    assert isinstance(guarded, GuardedSpanExporter)
+    assert isinstance(guarded.exporter, ScrubbingSpanExporter)
+    exporter = guarded.exporter.exporter
+    provider.shutdown()
+    return exporter
+
+
+@pytest.mark.parametrize(
+    ("env", "endpoint"),
+    [
+        ({}, "http://localhost:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}, "http://c:4318/v1/traces"),
+        (
+            {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9999/custom/path"},
+            "http://t:9999/custom/path",
+        ),
+        (
+            {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318",
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://t:9999/custom/path",
+            },
+            "http://t:9999/custom/path",  # the signal's own variable wins, used as it is
+        ),
+    ],
+)
+def test_otlp_endpoints_follow_the_specifications_precedence(
+    env: dict[str, str], endpoint: str
+) -> None:
+    settings = resolve_settings(env={"OTEL_TRACES_EXPORTER": "otlp", **env})
+    assert _otlp_exporter_of(settings)._endpoint == endpoint
+
+
+def test_otlp_protocol_must_be_one_with_a_python_exporter() -> None:
+    from todo_observability.exceptions import ConfigurationError
+
+    with pytest.raises(
+        ConfigurationError, match=r"OTEL_EXPORTER_OTLP_PROTOCOL.*http/protobuf or grpc"
+    ):
+        resolve_settings(env={"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+def test_otlp_over_grpc_without_its_extra_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from todo_observability.exceptions import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    settings = resolve_settings(
+        env={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    )
+    with pytest.raises(MissingExtraError, match=r"pip install 'todo-observability\[otlp-grpc\]'"):
+        _otlp_exporter_of(settings)
+
+
+def test_otlp_over_grpc_delivers_spans_to_a_real_grpc_collector(
+    make_observability: Factory,
+) -> None:
+    from concurrent import futures
+
+    import grpc  # type: ignore[import-untyped, unused-ignore]
+    from opentelemetry.proto.collector.trace.v1 import (
+        trace_service_pb2,
+        trace_service_pb2_grpc,
+    )
+
+    received: list[str] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc, unused-ignore]
+        def Export(self, request: Any, context: Any) -> Any:
+            for resource_spans in request.resource_spans:
+                for scope_spans in resource_spans.scope_spans:
+                    received.extend(span.name for span in scope_spans.spans)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), server)  # type: ignore[no-untyped-call, unused-ignore]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        obs = make_observability(
+            traces_exporter="otlp",
+            otlp_protocol="grpc",
+            otlp_traces_endpoint=f"http://127.0.0.1:{port}",
+        )
+        with obs.tracer.start_as_current_span("over grpc"):
+            pass
+        assert obs.flush(10_000) is True
+        assert received == ["over grpc"]
+    finally:
+        server.stop(grace=None)

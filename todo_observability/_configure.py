@@ -36,10 +36,13 @@ def configure(
     log_level: str | int | None = None,
     access_log: bool | None = None,
     redact_keys: Iterable[str] | None = None,
+    traces_sampler: str | None = None,
     sample_ratio: float | None = None,
     traces_exporter: str | Iterable[str] | None = None,
     zipkin_endpoint: str | None = None,
     otlp_endpoint: str | None = None,
+    otlp_traces_endpoint: str | None = None,
+    otlp_protocol: str | None = None,
     traces_file: str | None = None,
     metrics_path: str | None = None,
     health_path: str | None = None,
@@ -77,10 +80,16 @@ def configure(
         log_level: `TODO_OBS_LOG_LEVEL`.
         access_log: `TODO_OBS_ACCESS_LOG`.
         redact_keys: `TODO_OBS_REDACT_KEYS`, patterns added to the default sensitive keys.
+        traces_sampler: `OTEL_TRACES_SAMPLER`: `always_on`, `always_off`, `traceidratio`, or
+            `parentbased_` of each (default `parentbased_traceidratio`).
         sample_ratio: `OTEL_TRACES_SAMPLER_ARG`.
         traces_exporter: `OTEL_TRACES_EXPORTER`: zipkin, otlp, console, file, memory, none.
         zipkin_endpoint: `OTEL_EXPORTER_ZIPKIN_ENDPOINT`.
         otlp_endpoint: `OTEL_EXPORTER_OTLP_ENDPOINT`.
+        otlp_traces_endpoint: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, used as it is; wins over
+            `otlp_endpoint`.
+        otlp_protocol: `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc`
+            (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` wins over it).
         traces_file: `TODO_OBS_TRACES_FILE`, for the file exporter.
         metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
         health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
@@ -137,10 +146,13 @@ def configure(
         log_level=log_level,
         access_log=access_log,
         redact_keys=redact_keys,
+        traces_sampler=traces_sampler,
         sample_ratio=sample_ratio,
         traces_exporter=traces_exporter,
         zipkin_endpoint=zipkin_endpoint,
         otlp_endpoint=otlp_endpoint,
+        otlp_traces_endpoint=otlp_traces_endpoint,
+        otlp_protocol=otlp_protocol,
         traces_file=traces_file,
         metrics_path=metrics_path,
         health_path=health_path,

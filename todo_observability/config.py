@@ -98,6 +98,29 @@ def _bool(value: Any) -> bool:
     raise _Invalid("a boolean", "Use one of true, false, 1, 0, yes, no, on, off.")
 
 
+SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+"""The values of `OTEL_TRACES_SAMPLER` the SDK builds (the specification's, but the remote ones)."""
+
+
+def _sampler(value: Any) -> str:
+    name = _text(value).lower()
+    if name not in SAMPLERS:
+        raise _Invalid(
+            f"one of {', '.join(sorted(SAMPLERS))}",
+            "jaeger_remote and xray need their own samplers: pass tracer_provider= built with one.",
+        )
+    return name
+
+
 def _ratio(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -138,6 +161,31 @@ def _url(value: Any) -> str:
     if parsed.scheme not in {"http", "https"} or not parsed.netloc:
         raise _Invalid("an http:// or https:// URL", "For example http://zipkin:9411/api/v2/spans.")
     return text
+
+
+def _optional_url(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _url(value)
+
+
+OTLP_PROTOCOLS = ("http/protobuf", "grpc")
+
+
+def _otlp_protocol(value: Any) -> str:
+    protocol = _text(value).lower()
+    if protocol not in OTLP_PROTOCOLS:
+        raise _Invalid(
+            "http/protobuf or grpc",
+            "http/json has no Python exporter; use http/protobuf.",
+        )
+    return protocol
+
+
+def _optional_otlp_protocol(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _otlp_protocol(value)
 
 
 def _path(value: Any) -> str | None:
@@ -325,6 +373,13 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Extra regular expressions; values under matching keys are redacted.",
     ),
     Option(
+        "traces_sampler",
+        "OTEL_TRACES_SAMPLER",
+        "parentbased_traceidratio",
+        _sampler,
+        "always_on, always_off, traceidratio, or parentbased_ of each (the ratio is sample_ratio).",
+    ),
+    Option(
         "sample_ratio",
         "OTEL_TRACES_SAMPLER_ARG",
         "1.0 in dev/development/local/test, 0.1 in prod/production, else 1.0",
@@ -348,9 +403,30 @@ OPTIONS: tuple[Option[Any], ...] = (
     Option(
         "otlp_endpoint",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "http://localhost:4318",
-        _url,
-        "OTLP/HTTP endpoint (needs the otlp extra).",
+        "http://localhost:4318 (http/protobuf), http://localhost:4317 (grpc)",
+        _optional_url,
+        "OTLP base URL; over HTTP spans go to /v1/traces under it.",
+    ),
+    Option(
+        "otlp_traces_endpoint",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "none (otlp_endpoint)",
+        _optional_url,
+        "OTLP traces URL, used as it is; wins over otlp_endpoint.",
+    ),
+    Option(
+        "otlp_protocol",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "http/protobuf",
+        _otlp_protocol,
+        "http/protobuf (extra otlp) or grpc (extra otlp-grpc).",
+    ),
+    Option(
+        "otlp_traces_protocol",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "none (otlp_protocol)",
+        _optional_otlp_protocol,
+        "The protocol of traces; wins over otlp_protocol.",
     ),
     Option(
         "traces_file",
@@ -451,6 +527,13 @@ OPTIONS: tuple[Option[Any], ...] = (
         "Request headers recorded as span attributes (sensitive ones are redacted).",
     ),
     Option(
+        "sdk_disabled",
+        "OTEL_SDK_DISABLED",
+        "false",
+        _bool,
+        "OpenTelemetry's switch: true makes every tracer a no-op (no spans); logs and metrics stay.",
+    ),
+    Option(
         "load_plugins",
         "TODO_OBS_LOAD_PLUGINS",
         "true",
@@ -474,10 +557,14 @@ class Settings:
     log_level: str = "INFO"
     access_log: bool = True
     redact_keys: tuple[str, ...] = ()
+    traces_sampler: str = "parentbased_traceidratio"
     sample_ratio: float = 1.0
     traces_exporter: tuple[str, ...] = ("zipkin",)
     zipkin_endpoint: str = "http://localhost:9411/api/v2/spans"
-    otlp_endpoint: str = "http://localhost:4318"
+    otlp_endpoint: str | None = None
+    otlp_traces_endpoint: str | None = None
+    otlp_protocol: str = "http/protobuf"
+    otlp_traces_protocol: str | None = None
     traces_file: str | None = None
     metrics_path: str | None = "/metrics"
     health_path: str | None = "/health"
@@ -497,6 +584,7 @@ class Settings:
     trust_incoming_context: bool = True
     internal_hosts: tuple[str, ...] = ()
     capture_headers: tuple[str, ...] = ()
+    sdk_disabled: bool = False
     load_plugins: bool = True
 
     @property

@@ -31,7 +31,13 @@ from opentelemetry.sdk.trace.export import (
     SpanExportResult,
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    ParentBased,
+    Sampler,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import Link, Status, StatusCode
 
 from todo_observability._decorators import ContextDecorator
@@ -190,6 +196,15 @@ def _record_exception(span: trace.Span, exc: BaseException, redactor: Redactor) 
         },
     )
     return scrub(message)
+
+
+def _sampler(name: str, ratio: float) -> Sampler:
+    """The sampler `OTEL_TRACES_SAMPLER` names (validated by the settings)."""
+    root: Sampler = {
+        "always_on": ALWAYS_ON,
+        "always_off": ALWAYS_OFF,
+    }.get(name.removeprefix("parentbased_")) or TraceIdRatioBased(ratio)
+    return ParentBased(root) if name.startswith("parentbased_") else root
 
 
 def _one_line(span: ReadableSpan) -> str:
@@ -456,16 +471,7 @@ def _exporter(name: str, settings: Settings) -> SpanExporter:
 
         return ZipkinExporter(endpoint=settings.zipkin_endpoint, timeout=5)
     if name == "otlp":
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
-                OTLPSpanExporter,
-            )
-        except ImportError:
-            raise MissingExtraError(
-                "The otlp trace exporter", "otlp", "opentelemetry-exporter-otlp-proto-http"
-            ) from None
-        endpoint = settings.otlp_endpoint.rstrip("/") + "/v1/traces"
-        return OTLPSpanExporter(endpoint=endpoint)  # type: ignore[no-any-return,unused-ignore]
+        return _otlp_exporter(settings)
     if name == "console":
         # The SDK's default binds the sys.stdout of import time; use today's.
         # One line per span: stdout stays a stream of JSON lines, the logs' among them.
@@ -473,6 +479,42 @@ def _exporter(name: str, settings: Settings) -> SpanExporter:
     assert name == "file"
     assert settings.traces_file
     return ZipkinFileSpanExporter(settings.traces_file)
+
+
+def _otlp_exporter(settings: Settings) -> SpanExporter:
+    """The OTLP exporter the settings describe, by the specification's precedence.
+
+    The traces-specific variables win over the generic ones; a traces endpoint is used as
+    it is, the generic one gets `/v1/traces` appended over HTTP.
+    """
+    protocol = settings.otlp_traces_protocol or settings.otlp_protocol
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            raise MissingExtraError(
+                "The otlp trace exporter over gRPC",
+                "otlp-grpc",
+                "opentelemetry-exporter-otlp-proto-grpc",
+            ) from None
+        endpoint = (
+            settings.otlp_traces_endpoint or settings.otlp_endpoint or "http://localhost:4317"
+        )
+        return GrpcExporter(endpoint=endpoint, insecure=endpoint.startswith("http://"))  # type: ignore[no-any-return,unused-ignore]
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+            OTLPSpanExporter,
+        )
+    except ImportError:
+        raise MissingExtraError(
+            "The otlp trace exporter", "otlp", "opentelemetry-exporter-otlp-proto-http"
+        ) from None
+    endpoint = settings.otlp_traces_endpoint or (
+        (settings.otlp_endpoint or "http://localhost:4318").rstrip("/") + "/v1/traces"
+    )
+    return OTLPSpanExporter(endpoint=endpoint)  # type: ignore[no-any-return,unused-ignore]
 
 
 def build_resource(settings: Settings) -> Resource:
@@ -493,7 +535,7 @@ def build_resource(settings: Settings) -> Resource:
 def build_tracer_provider(
     settings: Settings, dropped: Counter, redactor: Redactor | None = None
 ) -> tuple[TracerProvider, InMemorySpanExporter | None]:
-    """A provider sampling ParentBased(TraceIdRatioBased(ratio)) with the configured exporters.
+    """A provider with the configured sampler (by default ParentBased(TraceIdRatioBased(ratio))) and exporters.
 
     Every exporter, the in-memory one included, sits behind a `ScrubbingSpanExporter`
     using `redactor` (default: one with the configured `redact_keys`).
@@ -504,7 +546,7 @@ def build_tracer_provider(
         redactor = Redactor(settings.redact_keys)
     provider = TracerProvider(
         resource=build_resource(settings),
-        sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
+        sampler=_sampler(settings.traces_sampler, settings.sample_ratio),
     )
     memory: InMemorySpanExporter | None = None
     for name in settings.traces_exporter:
