@@ -18,6 +18,7 @@ from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry
 
 from todo_observability._observability import Observability
 from todo_observability.propagation import (
@@ -428,3 +429,37 @@ def test_the_entry_point_names_our_propagator() -> None:
     assert match is not None
     module = __import__(match.group(1), fromlist=[match.group(2)])
     assert getattr(module, match.group(2)) is TraceContextPropagator
+
+
+def test_a_propagator_no_package_provides_says_which_package_to_install() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import todo_observability as obs\n"
+        "try:\n"
+        "    obs.configure(service_name='x', traces_exporter='none', load_plugins=False)\n"
+        "except obs.ConfigurationError as exc:\n"
+        "    print(type(exc).__name__, exc.field, exc)\n"
+    )
+    env = {**os.environ, "OTEL_PROPAGATORS": "tracecontext,b3multi"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("ConfigurationError OTEL_PROPAGATORS ")
+    assert "pip install opentelemetry-propagator-b3" in out
+    assert "'tracecontext,b3multi'" in out
+
+
+def test_propagators_without_baggage_warn_once_that_the_ids_stop_here(
+    make_observability: Any, captured_logs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_PROPAGATORS", "tracecontext")
+    make_observability(service_name="one")
+    make_observability(service_name="two", registry=CollectorRegistry())
+    warnings = [
+        line for line in captured_logs.lines if "has no baggage propagator" in line["message"]
+    ]
+    assert len(warnings) == 1
+    assert "OTEL_PROPAGATORS=tracecontext,baggage" in warnings[0]["message"]

@@ -11,10 +11,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from todo_observability._observability import Observability, _active_observability
+from todo_observability._propagate import propagate
 from todo_observability._unit import UnitOfWork, baggage_ids
 from todo_observability.config import _probe_paths
 from todo_observability.context import (

@@ -11,9 +11,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from todo_observability._propagate import propagate
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,

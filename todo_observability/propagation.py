@@ -33,6 +33,7 @@ to truncate: entries longer than 128 characters first, then from the end.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import TYPE_CHECKING
@@ -340,10 +341,15 @@ def _install_default_propagator() -> Callable[[], None] | None:
     it: the previous propagator comes back once every service that installed
     ours has shut down, unless someone replaced ours meanwhile.
     """
-    from opentelemetry import propagate
     from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
-    if os.environ.get("OTEL_PROPAGATORS", "").strip():
+    from todo_observability._propagate import propagate
+
+    chosen = os.environ.get("OTEL_PROPAGATORS", "").strip()
+    if chosen:
+        names = {name.strip().lower() for name in chosen.split(",")}
+        if "baggage" not in names and "none" not in names:
+            _warn_no_baggage(chosen)
         return None
     current = propagate.get_global_textmap()
     if current is not _Installed.ours:
@@ -367,6 +373,23 @@ def _install_default_propagator() -> Callable[[], None] | None:
             _Installed.ours = _Installed.previous = None
 
     return restore
+
+
+_warned: set[str] = set()
+
+
+def _warn_no_baggage(chosen: str) -> None:
+    """Say once that without a baggage propagator the correlation ids stop at this service."""
+    if chosen in _warned:
+        return
+    _warned.add(chosen)
+    logging.getLogger("todo_observability.propagation").warning(
+        "OTEL_PROPAGATORS=%s has no baggage propagator: request_id and user_id travel in W3C "
+        "baggage, so they stop at this service and the next one starts its own; add baggage "
+        "(OTEL_PROPAGATORS=%s,baggage)",
+        chosen,
+        chosen,
+    )
 
 
 def _is_opentelemetry_default(propagator: textmap.TextMapPropagator) -> bool:

@@ -15,11 +15,12 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
 from todo_observability._json import DECODE_ERRORS as _JSON_ERRORS
 from todo_observability._json import loads as _loads
+from todo_observability._propagate import propagate
 from todo_observability.exceptions import ObservabilityError
 from todo_observability.propagation import W3CTraceState
 

@@ -26,9 +26,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Link
 
+from todo_observability._propagate import propagate
 from todo_observability.exceptions import ObservabilityError, _describe
 from todo_observability.metrics import DEAD_LETTER_REPLAYS, DEAD_LETTERS_PARKED, MetricSet
 

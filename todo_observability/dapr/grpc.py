@@ -27,9 +27,10 @@ import re
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from opentelemetry import baggage, propagate, trace
+from opentelemetry import baggage, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from todo_observability._propagate import propagate
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from todo_observability._json import dumps as _dumps
 from todo_observability._json import loads as _loads
 from todo_observability._observability import Observability, _active_observability
+from todo_observability._propagate import propagate
 from todo_observability._unit import UnitOfWork, baggage_ids
 from todo_observability.context import (
     RequestContext,
