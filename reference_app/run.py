@@ -7,8 +7,9 @@ It starts, on loopback: the Dapr sidecar emulator (one sidecar per app id, one p
 four services as separate uvicorn processes, an SMTP sink that keeps received mail, SQLite files
 in the data folder, and spans written as Zipkin v2 JSON to a file (also sent to Zipkin when
 `--zipkin-endpoint` is given). The scenario: alice creates "Daily standup at 9am" (DAILY, reminder
-15 minutes before a due time 15 minutes and a few seconds away), completes it, the next occurrence
-appears, the reminder fires and the e-mail arrives. Then it shows the completion trace as a tree,
+15 minutes before a due time 15 minutes and a few seconds away), the reminder fires and the e-mail
+arrives, she completes the task and the next occurrence appears (completing a task first would
+cancel its reminder). Then it shows the completion trace as a tree,
 the request id found in every service's log, each service's readiness and the key RED numbers.
 Ctrl-C stops everything cleanly (spans flushed, no process left behind).
 """
@@ -170,6 +171,29 @@ def base_env(layout: Layout) -> dict[str, str]:
     return env
 
 
+def service_env(layout: Layout, service: Service) -> dict[str, str]:
+    """The environment of one service: the shared one, its ports and its dead-letter database.
+
+    Each service parks dead letters in a SQLite file of its own in the data folder
+    (`<app id>-dlq.db`); notification-service keeps there, too, the reminders it e-mailed and
+    the ones cancelled. So a service stopped and started again (`start_service`) finds its
+    park, and a reminder e-mailed before the restart is not e-mailed again.
+    """
+    return {
+        **base_env(layout),
+        "PORT": str(service.port),
+        "DAPR_HTTP_PORT": str(service.dapr_port),
+        "DLQ_DATABASE_URL": f"sqlite+aiosqlite:///{layout.data / (service.app_id + '-dlq.db')}",
+    }
+
+
+def start_service(system: System, app_id: str) -> None:
+    """Start the service `app_id` (again, after it stopped: its log goes on in the same file)."""
+    service = system.layout.services[app_id]
+    command = [sys.executable, "-m", service.module]
+    system.start(app_id, command, service_env(system.layout, service))
+
+
 def start_system(layout: Layout, out: TextIO) -> System:
     """Start the SMTP sink, the sidecars and the four services."""
     taken = [port for port in layout.ports() if _port_taken(port)]
@@ -210,14 +234,8 @@ def start_system(layout: Layout, out: TextIO) -> System:
     if layout.zipkin_endpoint:
         sidecar_command += ["--zipkin-endpoint", layout.zipkin_endpoint]
     system.start("sidecars", sidecar_command, env)
-    for service in layout.services.values():
-        service_env = {
-            **env,
-            "PORT": str(service.port),
-            "DAPR_HTTP_PORT": str(service.dapr_port),
-            "DLQ_DATABASE_URL": f"sqlite+aiosqlite:///{layout.data / (service.app_id + '-dlq.db')}",
-        }
-        system.start(service.app_id, [python, "-m", service.module], service_env)
+    for app_id in layout.services:
+        start_service(system, app_id)
     return system
 
 
@@ -326,6 +344,26 @@ def run_scenario(layout: Layout, system: System, out: TextIO) -> Scenario:
             f"  ✓ created task {result.task_id} {TITLE!r}: DAILY, due {due_at:%H:%M:%S} UTC, "
             "reminder 15 minutes before (so in a few seconds)\n"
         )
+
+        def mail_arrived() -> bool:
+            for path in smtp_sink.messages(layout.mail):
+                if TITLE in path.read_text(errors="replace"):
+                    result.mail = path
+                    return True
+            return False
+
+        # Before completing: completing the task would cancel its reminder.
+        wait_until("the reminder e-mail arrives", mail_arrived, system, 90, out)
+        assert result.mail is not None
+        subject = next(
+            (
+                line
+                for line in result.mail.read_text(errors="replace").splitlines()
+                if line.startswith("Subject:")
+            ),
+            "",
+        )
+        out.write(f"    {_shown(result.mail)}: {subject}\n")
         response = browser.post(f"/api/tasks/{result.task_id}/complete")
         if response.status_code >= 400:
             raise SystemExit(
@@ -345,25 +383,6 @@ def run_scenario(layout: Layout, system: System, out: TextIO) -> Scenario:
 
         wait_until("the next occurrence appears", next_occurrence, system, 60, out)
         out.write(f"    next occurrence: task {result.next_task_id}, due tomorrow\n")
-
-    def mail_arrived() -> bool:
-        for path in smtp_sink.messages(layout.mail):
-            if TITLE in path.read_text(errors="replace"):
-                result.mail = path
-                return True
-        return False
-
-    wait_until("the reminder e-mail arrives", mail_arrived, system, 90, out)
-    assert result.mail is not None
-    subject = next(
-        (
-            line
-            for line in result.mail.read_text(errors="replace").splitlines()
-            if line.startswith("Subject:")
-        ),
-        "",
-    )
-    out.write(f"    {_shown(result.mail)}: {subject}\n")
     return result
 
 

@@ -40,11 +40,15 @@ event rows are written in the change's transaction and published right after the
 the request's trace); what the sidecar refuses is retried by a background loop with backoff,
 never failing the request and never lost. The CloudEvent `id` is the outbox row's uuid (the
 same on every retry); the Kafka key is the task id, and one task's events keep their order.
+Reminder events carry `at`, the time of the change (taken under the task's row lock): a cancel
+outranks the schedules of the same reminder (`reminder_job`: task id and `remind_at` to the
+second) written at or before it, so a schedule replayed late cannot bring a cancelled reminder back.
 
 | Topic | Type | Payload | When |
 |---|---|---|---|
 | `task-events` | `task.completed` | `TaskCompleted` | a task is completed (once) |
 | `reminders` | `reminder.scheduled` | `ReminderScheduled` | a task is created, or its `title`, `due_at` or `remind_at` change, with `remind_at` in the future, an owner e-mail known and the task not completed |
+| `reminders` | `reminder.cancelled` | `ReminderCancelled` | the reminder at the old `remind_at` is off: `remind_at` moved to another second (`rescheduled`, before the new time's `reminder.scheduled`) or was cleared (`cleared`), or the task was deleted (`deleted`) or completed (`completed`) |
 | `task-updates` | `task.updated` | `TaskUpdated` | `action` = `created`, `updated` (with `changed` fields), `completed`, `deleted`, `reminder_sent` |
 
 ## Settings

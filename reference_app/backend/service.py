@@ -19,15 +19,18 @@ from reference_app.backend.models import TAG_SEPARATOR, OutboxEvent, Task
 from reference_app.backend.outbox import Outbox, utcnow
 from reference_app.backend.schemas import Priority, TaskCreate, TaskUpdate, check_rules
 from reference_app.common.events import (
+    REMINDER_CANCELLED,
     REMINDER_SCHEDULED,
     REMINDERS,
     TASK_COMPLETED,
     TASK_EVENTS,
     TASK_UPDATED,
     TASK_UPDATES,
+    ReminderCancelled,
     ReminderScheduled,
     TaskCompleted,
     TaskUpdated,
+    reminder_job,
 )
 from reference_app.common.metrics import TASKS_COMPLETED, TASKS_CREATED
 from todo_observability import get_logger
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 Action = Literal["created", "updated", "completed", "deleted", "reminder_sent"]
+CancelReason = Literal["rescheduled", "cleared", "deleted", "completed"]
 
 REMINDER_FIELDS = frozenset({"title", "due_at", "remind_at"})
 """The fields a reminder carries: changing one schedules the reminder again."""
@@ -199,19 +203,22 @@ class Tasks:
     async def update(self, identity: Identity, task_id: int, body: TaskUpdate) -> Task:
         """Change the fields given in `body` (null clears an optional one).
 
-        A change of `remind_at` makes the reminder due again (`reminder_sent_at` cleared);
-        a change of what the reminder says schedules it again.
+        A change of `remind_at` makes the reminder due again (`reminder_sent_at` cleared)
+        and cancels the reminder of the old time; a change of what the reminder says
+        schedules it again.
 
         Raises:
             TaskNotFound: no such task for the caller.
             InvalidTask: the result would not fit together.
         """
         await self.db.ensure_schema()
-        now = utcnow()
         async with self.db.sessions() as session, session.begin():
             task = await session.scalar(_own(identity, task_id).with_for_update())
             if task is None:
                 raise TaskNotFound(task_id)
+            # Taken under the row's lock: the `at` of one task's reminder events grows with
+            # the order the changes commit in, which is what orders a cancel and a schedule.
+            now = utcnow()
             before = task.snapshot()
             values = {name: getattr(body, name) for name in body.model_fields_set}
             merged = {**before, **values}
@@ -233,6 +240,12 @@ class Tasks:
                 task.reminder_sent_at = None
             task.updated_at = now
             rows = [self._updated(session, task, "updated", changed, now)]
+            old_time, new_time = before["remind_at"], task.remind_at
+            if old_time is not None and not task.completed:
+                if new_time is None:
+                    rows.append(self._cancel(session, task, old_time, "cleared", now))
+                elif reminder_job(task.id, old_time) != reminder_job(task.id, new_time):
+                    rows.append(self._cancel(session, task, old_time, "rescheduled", now))
             if REMINDER_FIELDS.intersection(changed) or "email" in changed:
                 rows += self._reminder(session, task, now)
         log.info("task updated", extra={"task_id": task.id, "changed": changed})
@@ -247,14 +260,17 @@ class Tasks:
             TaskNotFound: no such task for the caller.
         """
         await self.db.ensure_schema()
-        now = utcnow()
         async with self.db.sessions() as session, session.begin():
             task = await session.scalar(_own(identity, task_id).with_for_update())
             if task is None:
                 raise TaskNotFound(task_id)
+            now = utcnow()  # under the lock, as in `update`
             rows = [self._updated(session, task, "deleted", [], now)]
+            if task.remind_at is not None and not task.completed:
+                rows.append(self._cancel(session, task, task.remind_at, "deleted", now))
             await session.delete(task)
         log.info("task deleted", extra={"task_id": task_id})
+        _log_reminder(task, rows)
         await self.outbox.publish_now(rows)
 
     async def complete(self, identity: Identity, task_id: int) -> Task:
@@ -299,12 +315,18 @@ class Tasks:
                 ),
                 self._updated(session, task, "completed", ["completed", "completed_at"], now),
             ]
+            if task.remind_at is not None:
+                # Done before its reminder: nobody needs reminding (a reminder already sent,
+                # or never scheduled, is cancelled for nothing). Its `at` is taken under the
+                # row's lock, after any update that rescheduled the reminder first.
+                rows.append(self._cancel(session, task, task.remind_at, "completed", utcnow()))
         recurring = "true" if task.recurrence else "false"
         self.metrics.child(TASKS_COMPLETED, recurring).inc()
         log.info(
             "task completed",
             extra={"task_id": task.id, "recurring": task.recurrence is not None},
         )
+        _log_reminder(task, rows)
         await self.outbox.publish_now(rows)
         return task
 
@@ -379,6 +401,7 @@ class Tasks:
             title=task.title,
             due_at=task.due_at,
             remind_at=task.remind_at,
+            at=now,
         )
         event = self.outbox.add(
             session,
@@ -389,6 +412,30 @@ class Tasks:
         )
         return [event]
 
+    def _cancel(
+        self,
+        session: AsyncSession,
+        task: Task,
+        remind_at: datetime,
+        reason: CancelReason,
+        now: datetime,
+    ) -> OutboxEvent:
+        """The `reminder.cancelled` event of the task's reminder at `remind_at`.
+
+        On the reminders topic with the task id as key, after the schedules written before it:
+        notification-service sees a task's schedules and cancels in the order they were written.
+        """
+        payload = ReminderCancelled(
+            task_id=task.id, user_id=task.user_id, remind_at=remind_at, reason=reason, at=now
+        )
+        return self.outbox.add(
+            session,
+            topic=REMINDERS,
+            event_type=REMINDER_CANCELLED,
+            payload=payload,
+            task_id=task.id,
+        )
+
 
 async def _check_rules(**fields: Any) -> None:
     """`check_rules` in a worker thread: searching a rule's occurrences is CPU work."""
@@ -396,7 +443,19 @@ async def _check_rules(**fields: Any) -> None:
 
 
 def _log_reminder(task: Task, rows: Sequence[OutboxEvent]) -> None:
-    if any(row.topic == REMINDERS for row in rows) and task.remind_at is not None:
+    """After the commit: the reminder events the change wrote, cancels first."""
+    for row in rows:
+        if row.event_type == REMINDER_CANCELLED:
+            cancel = ReminderCancelled.model_validate_json(row.payload)
+            log.info(
+                "reminder cancelled",
+                extra={
+                    "task_id": cancel.task_id,
+                    "remind_at": cancel.remind_at.isoformat(),
+                    "reason": cancel.reason,
+                },
+            )
+    if any(row.event_type == REMINDER_SCHEDULED for row in rows) and task.remind_at is not None:
         log.info(
             "reminder scheduled",
             extra={"task_id": task.id, "remind_at": task.remind_at.isoformat()},

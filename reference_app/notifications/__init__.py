@@ -2,6 +2,7 @@
 
 `reminder.scheduled` events on `reminders` become Dapr jobs due at `remind_at`; a job's
 trigger e-mails the reminder over SMTP (retried with backoff) and marks it sent on backend.
+`reminder.cancelled` deletes the job; a cancelled reminder is never e-mailed.
 What cannot be delivered is parked and replayed with `todo-obs dlq`.
 """
 

@@ -14,15 +14,19 @@ from reference_app.common.database import prepare_sqlite_file
 from reference_app.common.events import (
     NOTIFICATIONS,
     PUBSUB,
+    REMINDER_CANCELLED,
     REMINDER_SCHEDULED,
     REMINDERS,
     REMINDERS_DLQ,
 )
 from reference_app.notifications.reminders import (
     JOB_TYPE,
+    CancelledJobs,
+    CancelledReminders,
     Reminders,
     SentJobs,
     SentReminders,
+    SqlCancelledReminders,
     SqlSentReminders,
 )
 from reference_app.notifications.settings import Settings
@@ -64,12 +68,14 @@ def create_app(
 ) -> FastAPI:
     """Build the notification service (Dapr app id `notification-service`).
 
-    It subscribes to `reminders` (type `reminder.scheduled`), schedules one Dapr job per
-    reminder, e-mails the reminder when the job triggers and marks it sent on backend. It
+    It subscribes to `reminders` (types `reminder.scheduled` and `reminder.cancelled`),
+    schedules one Dapr job per reminder and deletes it when the reminder is cancelled, e-mails
+    the reminder when the job triggers and marks it sent on backend. It
     parks `reminders-dlq` and the reminder jobs it gives up on; both replay with `todo-obs dlq`.
     The park is in memory, or with `settings.dlq_database_url` in that database (tables
     prefixed `DEAD_LETTER_TABLE_PREFIX`), which readiness then checks as `dlq-database`; the
-    record of the reminders sent is kept with it (table `<prefix>sent_reminders`).
+    records of the reminders sent and cancelled are kept with it (tables
+    `<prefix>sent_reminders`, `<prefix>cancelled_reminders`).
 
     Args:
         settings: The settings; by default `Settings.from_env()`.
@@ -91,6 +97,7 @@ def create_app(
     engine: AsyncEngine | None = None
     dead_letters: DeadLetterStore
     sent: SentReminders
+    cancelled: CancelledReminders
     if settings.dlq_database_url is not None:
         from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -99,9 +106,12 @@ def create_app(
         # The sent reminders beside the dead letters: both must outlive a restart, or a
         # reminder replayed (or retried) on a new process is e-mailed twice.
         sent = SqlSentReminders(engine, table_prefix=DEAD_LETTER_TABLE_PREFIX)
+        # And the cancels: a parked schedule replayed after its cancel must stay cancelled.
+        cancelled = SqlCancelledReminders(engine, table_prefix=DEAD_LETTER_TABLE_PREFIX)
     else:
         dead_letters = InMemoryDeadLetterStore()
         sent = SentJobs()
+        cancelled = CancelledJobs()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,7 +164,7 @@ def create_app(
             },
         )
 
-    reminders = Reminders(settings, dapr, obs, sent=sent)
+    reminders = Reminders(settings, dapr, obs, sent=sent, cancelled=cancelled)
     subscriptions = Subscriptions(
         client=dapr,
         dead_letters=dead_letters,
@@ -172,6 +182,16 @@ def create_app(
     async def on_reminder_scheduled(message: Message) -> None:
         await reminders.schedule(message)
 
+    # The same topic, so the same partition as the task's schedules: in the order written.
+    @subscriptions.subscribe(
+        PUBSUB,
+        REMINDERS,
+        match=f'event.type == "{REMINDER_CANCELLED}"',
+        dead_letter_topic=REMINDERS_DLQ,
+    )
+    async def on_reminder_cancelled(message: Message) -> None:
+        await reminders.cancel(message)
+
     @subscriptions.job(JOB_TYPE)
     async def on_reminder_due(job: Job) -> None:
         await reminders.deliver(job)
@@ -188,6 +208,7 @@ def create_app(
             "dapr_endpoint": settings.dapr_endpoint,
             "dead_letter_store": "sql" if engine is not None else "memory",
             "sent_reminders_store": "sql" if engine is not None else "memory",
+            "cancelled_reminders_store": "sql" if engine is not None else "memory",
         },
     )
     return app

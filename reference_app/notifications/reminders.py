@@ -1,6 +1,6 @@
 """Reminders: from `reminder.scheduled` to a Dapr job, and from the job's trigger to an e-mail.
 
-Two steps, each safe to run again:
+Three steps, each safe to run again:
 
 1. `schedule` (subscription to `reminders`): one job per reminder, named
    `reminder-<task id>-<remind_at as a Unix time>` and scheduled with `overwrite`, so a
@@ -10,6 +10,14 @@ Two steps, each safe to run again:
    (`SqlSentReminders`, so it outlives a restart), else in memory (`SentJobs`). A trigger retried
    because backend was away, or replayed from the park, even on a new process, finds the record
    and skips straight to telling backend: the e-mail goes once.
+3. `cancel` (subscription to `reminders`, type `reminder.cancelled`): record the cancel, then
+   delete the job. The record (`CancelledReminders`, beside the sent ones) is what makes the
+   order of events not matter: a `reminder.scheduled` of that job written before the cancel
+   (its `at` at or before the cancel's), arriving late from a replay of the park, is not
+   scheduled, and a trigger of a cancelled job (one already under way, or replayed from the
+   park) sends nothing. A schedule written after the cancel (the same time set again) goes
+   through. A cancel of a job that fired or never existed, or a cancel delivered twice, only
+   records it again.
 """
 
 from __future__ import annotations
@@ -20,7 +28,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from reference_app.common.auth import Tokens
-from reference_app.common.events import BACKEND, NOTIFICATIONS, ReminderScheduled
+from reference_app.common.events import (
+    BACKEND,
+    NOTIFICATIONS,
+    ReminderCancelled,
+    ReminderScheduled,
+    reminder_job,
+)
 from reference_app.common.metrics import (
     REMINDER_DELIVERY_LATENCY,
     REMINDER_EMAILS,
@@ -44,9 +58,12 @@ __all__ = [
     "BACKEND_UNAVAILABLE",
     "JOBS_UNAVAILABLE",
     "JOB_TYPE",
+    "CancelledJobs",
+    "CancelledReminders",
     "Reminders",
     "SentJobs",
     "SentReminders",
+    "SqlCancelledReminders",
     "SqlSentReminders",
     "job_name",
 ]
@@ -70,9 +87,9 @@ def _aware(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
-def job_name(reminder: ReminderScheduled) -> str:
-    """`reminder-<task id>-<remind_at as whole seconds since the epoch>`."""
-    return f"{JOB_TYPE}-{reminder.task_id}-{int(_aware(reminder.remind_at).timestamp())}"
+def job_name(reminder: ReminderScheduled | ReminderCancelled) -> str:
+    """`reminder-<task id>-<remind_at as whole seconds since the epoch>` (`reminder_job`)."""
+    return reminder_job(reminder.task_id, reminder.remind_at)
 
 
 def due_time(remind_at: datetime, now: datetime | None = None) -> str:
@@ -197,8 +214,130 @@ class SqlSentReminders:
             return
 
 
+class CancelledReminders(Protocol):
+    """Where the cancelled reminders are recorded, by job name, with the latest cancel's `at`."""
+
+    async def cancelled_at(self, name: str) -> datetime | None:
+        """The `at` of the latest cancel of job `name` (aware, UTC), or None."""
+        ...
+
+    async def record(self, name: str, cancel: ReminderCancelled) -> None:
+        """Record the cancel of job `name`; an older or equal `at` than the recorded one: no change."""
+        ...
+
+
+class CancelledJobs:
+    """The cancelled job names and their cancel's `at`, the most recent `limit` (in memory).
+
+    Used where the dead letters are in memory too: a restart forgets them, and a parked
+    schedule of a cancelled reminder replayed after it goes through.
+    """
+
+    def __init__(self, limit: int = 10_000):
+        self.limit = limit
+        self._at: OrderedDict[str, datetime] = OrderedDict()
+
+    async def cancelled_at(self, name: str) -> datetime | None:
+        """The recorded `at` of `name`, or None."""
+        return self._at.get(name)
+
+    async def record(self, name: str, cancel: ReminderCancelled) -> None:
+        """Keep the latest `at` of `name`, forgetting the oldest names beyond the limit."""
+        at = _aware(cancel.at)
+        known = self._at.get(name)
+        self._at[name] = at if known is None else max(known, at)
+        self._at.move_to_end(name)
+        while len(self._at) > self.limit:
+            self._at.popitem(last=False)
+
+
+class SqlCancelledReminders:
+    """The cancelled reminders in a table `<prefix>cancelled_reminders` of an SQL database.
+
+    One row per job name (the primary key), with the task id, `remind_at`, the latest cancel's
+    `at` and reason; created at first use. Times are stored in UTC.
+
+    Args:
+        engine: The async engine of the database (the one the dead letters are parked in).
+        table_prefix: Prefix of the table's name.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, table_prefix: str = ""):
+        from sqlalchemy import Column, DateTime, Integer, MetaData, String
+        from sqlalchemy import Table as SqlTable
+
+        self.engine = engine
+        self.table: Table = SqlTable(
+            f"{table_prefix}cancelled_reminders",
+            MetaData(),
+            Column("job", String(200), primary_key=True),
+            Column("task_id", Integer, nullable=False),
+            Column("remind_at", DateTime(timezone=True), nullable=False),
+            Column("cancelled_at", DateTime(timezone=True), nullable=False),
+            Column("reason", String(32), nullable=False),
+            Column("recorded_at", DateTime(timezone=True), nullable=False),
+        )
+        self._created = False
+        self._lock = asyncio.Lock()
+
+    async def _ensure_table(self) -> None:
+        if self._created:
+            return
+        async with self._lock:
+            if not self._created:
+                async with self.engine.begin() as connection:
+                    await connection.run_sync(self.table.metadata.create_all)
+                self._created = True
+
+    async def cancelled_at(self, name: str) -> datetime | None:
+        """The row's `cancelled_at` for `name`, or None."""
+        from sqlalchemy import select
+
+        await self._ensure_table()
+        async with self.engine.connect() as connection:
+            found = await connection.scalar(
+                select(self.table.c.cancelled_at).where(self.table.c.job == name)
+            )
+        # SQLite hands back naive datetimes: they were stored in UTC.
+        return None if found is None else _aware(found)
+
+    async def record(self, name: str, cancel: ReminderCancelled) -> None:
+        """Insert the row of `name`, or move its `cancelled_at` forward to this cancel's `at`."""
+        from sqlalchemy.exc import IntegrityError
+
+        await self._ensure_table()
+        at = _utc(cancel.at)
+        values = {"cancelled_at": at, "reason": cancel.reason, "recorded_at": _utc(None)}
+        try:
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    self.table.insert().values(
+                        job=name,
+                        task_id=cancel.task_id,
+                        remind_at=_utc(cancel.remind_at),
+                        **values,
+                    )
+                )
+        except IntegrityError:
+            # Cancelled before (a redelivery, or the same time cancelled again): keep the latest.
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    self.table.update()
+                    .where(self.table.c.job == name, self.table.c.cancelled_at < at)
+                    .values(**values)
+                )
+
+
+def _utc(moment: datetime | None) -> datetime:
+    """`moment` (None: now) in UTC.
+
+    PostgreSQL keeps the instant, SQLite the UTC wall time: times compare alike in both.
+    """
+    return _aware(moment or datetime.now(timezone.utc))
+
+
 class Reminders:
-    """The service's two handlers and what they share.
+    """The service's three handlers and what they share.
 
     Args:
         settings: The service's settings.
@@ -206,6 +345,8 @@ class Reminders:
         observability: Where the reminder metrics are recorded.
         mailer: Sends the e-mails; by default one built from `settings`.
         sent: Where sent reminders are recorded; by default in memory (`SentJobs`).
+        cancelled: Where cancelled reminders are recorded; by default in memory
+            (`CancelledJobs`).
     """
 
     def __init__(
@@ -215,6 +356,7 @@ class Reminders:
         observability: Observability,
         mailer: Mailer | None = None,
         sent: SentReminders | None = None,
+        cancelled: CancelledReminders | None = None,
     ):
         self.settings = settings
         self.dapr = dapr
@@ -222,6 +364,7 @@ class Reminders:
         self.mailer = mailer or Mailer(settings, observability)
         self.tokens = Tokens(settings.jwt_secret)
         self.sent: SentReminders = sent if sent is not None else SentJobs()
+        self.cancelled: CancelledReminders = cancelled if cancelled is not None else CancelledJobs()
         for spec in (
             REMINDERS_SCHEDULED,
             REMINDER_EMAILS,
@@ -257,6 +400,15 @@ class Reminders:
             "due_time": due,
             "event_id": message.id,
         }
+        cancelled_at = await self._cancelled(name, reminder)
+        if cancelled_at is not None:
+            # Written before the cancel (a replay from the park, or a late delivery): the
+            # reminder is off. Acknowledged, so that it is neither retried nor parked.
+            _log.info(
+                "reminder not scheduled: it was cancelled after this event was written",
+                extra={**fields, "cancelled_at": cancelled_at.isoformat()},
+            )
+            return
         try:
             await self.dapr.schedule_job(name, data=data, due_time=due, overwrite=True)
         except DaprError as exc:
@@ -268,6 +420,51 @@ class Reminders:
             raise Retry(JOBS_UNAVAILABLE, str(exc)) from exc
         self.metrics.child(REMINDERS_SCHEDULED, "success").inc()
         _log.info("reminder scheduled", extra=fields)
+
+    async def _cancelled(self, name: str, reminder: ReminderScheduled) -> datetime | None:
+        """The `at` of a cancel that outranks this schedule of job `name`, or None."""
+        cancelled_at = await self.cancelled.cancelled_at(name)
+        if cancelled_at is None:
+            return None
+        if reminder.at is not None and _aware(reminder.at) > cancelled_at:
+            return None  # scheduled again after the cancel: the same time set anew
+        return cancelled_at
+
+    # -- reminders: cancel the job ---------------------------------------------------------
+
+    async def cancel(self, message: Message) -> None:
+        """Handle `reminder.cancelled`: record the cancel, then delete the reminder's job.
+
+        Recorded first: should the delete fail, or a trigger be under way already, the
+        trigger finds the record and sends nothing.
+
+        Raises:
+            pydantic.ValidationError: the payload is not a `ReminderCancelled` (DROP).
+            Retry: the Jobs API did not delete the job (`jobs_unavailable`).
+        """
+        cancel = ReminderCancelled.model_validate(message.data)
+        if get_user_id() is None:
+            set_user_id(cancel.user_id)
+        name = job_name(cancel)
+        fields = {
+            "job": name,
+            "task_id": cancel.task_id,
+            "remind_at": _aware(cancel.remind_at).isoformat(),
+            "reason": cancel.reason,
+            "event_id": message.id,
+        }
+        await self.cancelled.record(name, cancel)
+        try:
+            await self.dapr.delete_job(name)
+        except DaprError as exc:
+            if exc.status != 404 and "not found" not in exc.detail.lower():
+                _log.warning(
+                    "reminder job not deleted: the Jobs API refused; the cancel is retried",
+                    extra={**fields, "error": str(exc), "error_code": exc.error_code},
+                )
+                raise Retry(JOBS_UNAVAILABLE, str(exc)) from exc
+            # No such job (it fired, or was never scheduled): nothing to delete.
+        _log.info("reminder cancelled", extra=fields)
 
     # -- the job: send the e-mail, tell backend --------------------------------------------
 
@@ -287,6 +484,15 @@ class Reminders:
         if get_user_id() is None:
             set_user_id(reminder.user_id)
         fields = {"job": job.name, "task_id": reminder.task_id, "attempt": job.attempt}
+        cancelled_at = await self._cancelled(job.name, reminder)
+        if cancelled_at is not None:
+            # The delete came too late for this trigger, or a parked job was replayed after
+            # the cancel: the job is done, with no e-mail and nothing to tell backend.
+            _log.info(
+                "reminder cancelled; not e-mailed",
+                extra={**fields, "cancelled_at": cancelled_at.isoformat()},
+            )
+            return
         if await self.sent.was_sent(job.name):
             _log.info("reminder e-mail already sent; marking it sent on backend", extra=fields)
         else:

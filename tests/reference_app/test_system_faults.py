@@ -4,6 +4,9 @@
 - A poison `task.completed` (an invalid RRULE written by an older client): dropped with its reason,
   parked, and no crash loop.
 - backend's database down: readiness 503 and a clear 503 for requests; nothing half-written.
+- notification-service restarted between a reminder's e-mail and backend's update: one e-mail,
+  backend told once.
+- A reminder moved, a task deleted, a task completed: only the new time is e-mailed.
 """
 
 from __future__ import annotations
@@ -52,6 +55,21 @@ class Running:
     def lines(self, app_id: str) -> list[dict[str, Any]]:
         return list(run.log_lines(self.layout, app_id))
 
+    def stop(self, app_id: str) -> None:
+        """Stop a service as Kubernetes would (SIGTERM, then wait for it to exit)."""
+        process = self.system.processes[app_id]
+        process.terminate()
+        process.wait(timeout=30)
+
+    def start(self, app_id: str) -> None:
+        """Start a stopped service again, with the runner's own environment; wait until ready."""
+        run.start_service(self.system, app_id)
+        eventually(lambda: _ready(self.url(app_id)), 90, f"{app_id} ready again")
+
+    def mails(self, title: str) -> list[Path]:
+        """The messages the SMTP sink kept whose text names `title`."""
+        return [p for p in smtp_sink.messages(self.layout.mail) if title in p.read_text()]
+
     def restart_smtp_sink(self) -> None:
         self.system.start(
             "smtp-sink",
@@ -61,6 +79,13 @@ class Running:
             ],
             run.base_env(self.layout),
         )  # fmt: skip
+
+
+def _ready(url: str) -> bool:
+    try:
+        return run.ready(url)
+    except httpx.HTTPError:
+        return False  # not listening yet
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +204,121 @@ def test_a_poison_event_is_dropped_with_its_reason_and_parked_without_a_crash_lo
     assert run.ready(recurring)
 
 
+def test_a_restart_between_the_e_mail_and_backends_update_e_mails_once_and_tells_backend_once(
+    running: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    title = "Renew the passport"
+    remind_at = datetime.now(timezone.utc) + timedelta(seconds=8)
+    with running.backend() as backend:
+        created = backend.post(
+            "/tasks",
+            json={
+                "title": title,
+                "due_at": (remind_at + timedelta(hours=1)).isoformat(),
+                "remind_at": remind_at.isoformat(),
+            },
+        )
+        assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    job = events.reminder_job(task_id, remind_at)
+    notifications = running.url(events.NOTIFICATIONS)
+
+    def lines(message: str, since: int = 0) -> list[dict[str, Any]]:
+        return [
+            line
+            for line in running.lines(events.NOTIFICATIONS)[since:]
+            if line["message"] == message and line["context"].get("job") == job
+        ]
+
+    eventually(lambda: lines("reminder scheduled"), 30, "the reminder's job to be scheduled")
+    # backend goes away: the e-mail goes out, the reminder-sent update cannot succeed.
+    running.stop(events.BACKEND)
+
+    def parked() -> list[dict[str, Any]]:
+        listing = httpx.get(f"{notifications}/dapr/dead-letters", timeout=5).json()
+        return [m for m in listing["parked"] if m["park_id"] == f"job/{job}"]
+
+    eventually(lambda: running.mails(title), 60, "the e-mail")
+    # Triggered again while backend stays away, then parked at the last trigger.
+    [message] = eventually(parked, 60, "the reminder to be parked, backend not told")
+    assert message["reason"] == "backend_unavailable"
+
+    # The pod goes in the middle of the delivery: e-mailed, backend not told.
+    running.stop(events.NOTIFICATIONS)
+    restarted = len(running.lines(events.NOTIFICATIONS))  # the new process's lines follow
+    running.start(events.NOTIFICATIONS)
+    [message] = parked()  # the park is in the service's SQLite file, as is the record of sent
+    running.start(events.BACKEND)
+
+    replay = ["dlq", "--service", notifications, "replay", message["park_id"], "--wait", "2"]
+    assert todo_obs(replay) == 0
+    assert f"{message['park_id']} to job/reminder: published" in capsys.readouterr().out
+    with running.backend() as backend:
+        eventually(
+            lambda: backend.get(f"/tasks/{task_id}").json().get("reminder_sent_at"),
+            30,
+            "backend to be told the reminder was sent",
+        )
+    eventually(lambda: lines("job done", restarted), 30, "the replayed trigger to finish")
+    assert len(running.mails(title)) == 1
+    assert lines("reminder e-mail sent", restarted) == []
+    [skipped] = lines("reminder e-mail already sent; marking it sent on backend", restarted)
+    assert skipped["context"]["attempt"] == 1  # the replay's first trigger
+    told = [
+        line
+        for line in running.lines(events.BACKEND)
+        if line["logger"] == "todo_observability.access"
+        and line["context"].get("path") == f"/tasks/{task_id}/reminder-sent"
+    ]
+    assert [line["context"]["status"] for line in told] == [200]
+    assert parked() == []
+
+
+def test_only_the_new_time_of_a_moved_reminder_is_e_mailed_and_no_deleted_or_completed_one(
+    running: Running,
+) -> None:
+    now = datetime.now(timezone.utc)
+    due = (now + timedelta(hours=1)).isoformat()
+    old, new = now + timedelta(seconds=6), now + timedelta(seconds=14)
+    with running.backend() as backend:
+        moved = backend.post(
+            "/tasks", json={"title": "Moved reminder", "due_at": due, "remind_at": old.isoformat()}
+        ).json()
+        changed = backend.patch(f"/tasks/{moved['id']}", json={"remind_at": new.isoformat()})
+        assert changed.status_code == 200, changed.text
+        deleted = backend.post(
+            "/tasks",
+            json={"title": "Deleted reminder", "due_at": due, "remind_at": old.isoformat()},
+        ).json()
+        assert backend.delete(f"/tasks/{deleted['id']}").status_code == 204
+        completed = backend.post(
+            "/tasks",
+            json={"title": "Completed reminder", "due_at": due, "remind_at": old.isoformat()},
+        ).json()
+        assert backend.post(f"/tasks/{completed['id']}/complete").status_code == 200
+        # The premise: every change was made before the old time came.
+        assert datetime.now(timezone.utc) < old
+
+        # The new time comes after every cancelled one: had one fired, its e-mail came first.
+        [mail] = eventually(lambda: running.mails("Moved reminder"), 60, "the moved reminder")
+        eventually(lambda: backend.get(f"/tasks/{moved['id']}").json().get("reminder_sent_at"), 30)
+    assert datetime.now(timezone.utc) >= new
+    assert f"Message-ID: <{events.reminder_job(moved['id'], new)}@todo.local>" in mail.read_text()
+    assert running.mails("Deleted reminder") == []
+    assert running.mails("Completed reminder") == []
+    cancelled = {
+        line["context"]["job"]: line["context"]["reason"]
+        for line in running.lines(events.NOTIFICATIONS)
+        if line["message"] == "reminder cancelled"
+    }
+    for task_id, reason in (
+        (moved["id"], "rescheduled"),
+        (deleted["id"], "deleted"),
+        (completed["id"], "completed"),
+    ):
+        assert cancelled.get(events.reminder_job(task_id, old)) == reason, cancelled
+
+
 def test_backend_database_down_gives_503_and_writes_nothing(
     running: Running, database: PostgresCluster
 ) -> None:
@@ -278,13 +418,16 @@ def test_the_page_drives_one_trace_and_the_scenario_moves_every_metric_it_should
             page.select_option("#user_id", "bob")
             page.get_by_role("button", name="Sign in").click()
             expect(page.locator("#signed-in-as")).to_contain_text("Signed in as bob")
-            page.fill("#title", "Water the plants")
-            page.fill("#due_at", due.strftime("%Y-%m-%dT%H:%M"))
-            page.select_option("#recurrence", "WEEKLY")
-            page.fill("#remind_minutes_before", "15")
-            page.get_by_role("button", name="Add task").click()
+            # Two tasks with a reminder: the one completed below has its reminder cancelled,
+            # the other one's reminder is e-mailed.
+            for title in ("Feed the cat", "Water the plants"):
+                page.fill("#title", title)
+                page.fill("#due_at", due.strftime("%Y-%m-%dT%H:%M"))
+                page.select_option("#recurrence", "WEEKLY")
+                page.fill("#remind_minutes_before", "15")
+                page.get_by_role("button", name="Add task").click()
+                expect(page.locator("#open-tasks li.task", has_text=title)).to_have_count(1)
             item = page.locator("#open-tasks li.task", has_text="Water the plants")
-            expect(item).to_have_count(1)
             with page.expect_response(lambda r: r.url.endswith("/complete")) as completed:
                 item.get_by_role("button", name="Complete").click()
             request_id = completed.value.headers["x-request-id"]
@@ -328,11 +471,9 @@ def test_the_page_drives_one_trace_and_the_scenario_moves_every_metric_it_should
         assert mine, service
         assert {line["user_id"] for line in mine if line.get("user_id")} == {"bob"}, service
 
-    # The e-mail of this task's reminder, then every metric the scenario should move has moved.
+    # The e-mail of the open task's reminder, then every metric the scenario should move has moved.
     eventually(
-        lambda: any(
-            "Water the plants" in p.read_text() for p in smtp_sink.messages(running.layout.mail)
-        ),
+        lambda: running.mails("Feed the cat"),
         180,  # the reminder is due 60 to 120 s after the page's submit
         "bob's reminder e-mail",
     )

@@ -11,9 +11,12 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from reference_app.common.events import (
+    REMINDER_CANCELLED,
+    REMINDER_SCHEDULED,
     REMINDERS,
     TASK_EVENTS,
     TASK_UPDATES,
+    ReminderCancelled,
     ReminderScheduled,
     TaskCompleted,
     TaskUpdated,
@@ -34,6 +37,14 @@ def _at(text: str) -> datetime:
 
 def actions(backend: Harness) -> list[str]:
     return [event["data"]["action"] for event in backend.events(TASK_UPDATES)]
+
+
+def reminders(backend: Harness) -> list[tuple[str, str, str | None]]:
+    """(type, remind_at, cancel reason) of each event on `reminders`, in order."""
+    return [
+        (event["type"], event["data"]["remind_at"], event["data"].get("reason"))
+        for event in backend.events(REMINDERS)
+    ]
 
 
 async def test_creating_publishes_task_updated_and_the_reminder(backend: Harness) -> None:
@@ -57,6 +68,7 @@ async def test_creating_publishes_task_updated_and_the_reminder(backend: Harness
         title="Standup",
         due_at=_at(DUE),
         remind_at=_at(REMIND),
+        at=_at(task["created_at"]),
     )
     assert backend.events(TASK_EVENTS) == []
 
@@ -149,9 +161,11 @@ async def test_each_change_is_announced_once(backend: Harness) -> None:
         ("deleted", []),
     ]
     assert {e.task_id for e in events} == {task["id"]}
-    # Setting a reminder schedules it; nothing else did.
-    [reminder] = backend.events(REMINDERS)
-    assert reminder["data"]["remind_at"] == REMIND
+    # Setting a reminder schedules it, deleting the task cancels it; nothing else did.
+    assert reminders(backend) == [
+        (REMINDER_SCHEDULED, REMIND, None),
+        (REMINDER_CANCELLED, REMIND, "deleted"),
+    ]
     # One task's events keep their order on the broker: the task id is the Kafka key.
     keys = {record.key for record in backend.broker.messages("pubsub", TASK_UPDATES)}
     assert keys == {str(task["id"])}
@@ -168,15 +182,97 @@ async def test_moving_the_due_time_schedules_the_reminder_again(backend: Harness
     ]
 
 
+# --- cancelling a reminder ------------------------------------------------------------------------
+
+LATER = "2030-01-01T08:50:00Z"
+
+
+async def test_moving_the_reminder_cancels_the_old_time_then_schedules_the_new(
+    backend: Harness,
+) -> None:
+    task = await backend.create(due_at=DUE, remind_at=REMIND)
+    changed = await backend.client.patch(
+        f"/tasks/{task['id']}", json={"remind_at": LATER}, headers=backend.auth()
+    )
+    assert changed.status_code == 200, changed.text
+
+    assert reminders(backend) == [
+        (REMINDER_SCHEDULED, REMIND, None),
+        (REMINDER_CANCELLED, REMIND, "rescheduled"),
+        (REMINDER_SCHEDULED, LATER, None),
+    ]
+    _, cancel, new = backend.events(REMINDERS)
+    assert ReminderCancelled.model_validate(cancel["data"]) == ReminderCancelled(
+        task_id=task["id"],
+        user_id="alice",
+        remind_at=_at(REMIND),
+        reason="rescheduled",
+        at=_at(changed.json()["updated_at"]),
+    )
+    # Written in one change: the new schedule is not older than the cancel, so it is not
+    # cancelled by it (notification-service compares the two `at`).
+    assert new["data"]["at"] == cancel["data"]["at"]
+    # One Kafka key for the task: the cancel cannot overtake the schedule it cancels.
+    keys = {record.key for record in backend.broker.messages("pubsub", REMINDERS)}
+    assert keys == {str(task["id"])}
+
+
+async def test_clearing_the_reminder_cancels_it(backend: Harness) -> None:
+    task = await backend.create(due_at=DUE, remind_at=REMIND)
+    await backend.client.patch(
+        f"/tasks/{task['id']}", json={"remind_at": None}, headers=backend.auth()
+    )
+    assert reminders(backend) == [
+        (REMINDER_SCHEDULED, REMIND, None),
+        (REMINDER_CANCELLED, REMIND, "cleared"),
+    ]
+
+
+async def test_completing_cancels_the_reminder_and_deleting_afterwards_does_not_again(
+    backend: Harness,
+) -> None:
+    task = await backend.create(due_at=DUE, remind_at=REMIND)
+    path = f"/tasks/{task['id']}"
+    await backend.client.post(f"{path}/complete", headers=backend.auth())
+    await backend.client.post(f"{path}/complete", headers=backend.auth())  # no change
+    await backend.client.delete(path, headers=backend.auth())
+    assert reminders(backend) == [
+        (REMINDER_SCHEDULED, REMIND, None),
+        (REMINDER_CANCELLED, REMIND, "completed"),
+    ]
+
+
+async def test_changes_that_keep_the_reminders_second_cancel_nothing(backend: Harness) -> None:
+    task = await backend.create(due_at=DUE, remind_at=REMIND)
+    path = f"/tasks/{task['id']}"
+    auth = backend.auth()
+    await backend.client.patch(path, json={"title": "Team standup"}, headers=auth)
+    # The same second: the same reminder (and job), scheduled again rather than cancelled.
+    await backend.client.patch(path, json={"remind_at": "2030-01-01T08:45:00.500Z"}, headers=auth)
+    await backend.client.patch(path, json={"description": "in room 4"}, headers=auth)
+    assert [kind for kind, _, _ in reminders(backend)] == [REMINDER_SCHEDULED] * 3
+
+
+async def test_a_task_without_a_reminder_cancels_nothing(backend: Harness) -> None:
+    task = await backend.create(due_at=DUE)
+    await backend.client.post(f"/tasks/{task['id']}/complete", headers=backend.auth())
+    other = await backend.create(due_at=DUE)
+    await backend.client.delete(f"/tasks/{other['id']}", headers=backend.auth())
+    assert backend.events(REMINDERS) == []
+
+
 async def test_a_subscriber_receives_the_events_in_the_requests_trace(
     backend: Harness, captured_spans: SpanCapture
 ) -> None:
     async with listening(backend.broker) as listener:
         task = await backend.create(due_at=DUE, remind_at=REMIND)
         await backend.client.post(f"/tasks/{task['id']}/complete", headers=backend.auth())
-        await listener.sidecar.wait_for(lambda: len(listener.received) == 4)
+        await listener.sidecar.wait_for(lambda: len(listener.received) == 5)
     assert [e["type"] for e in listener.of(TASK_UPDATES)] == ["task.updated", "task.updated"]
-    assert [e["type"] for e in listener.of(REMINDERS)] == ["reminder.scheduled"]
+    assert [e["type"] for e in listener.of(REMINDERS)] == [
+        "reminder.scheduled",
+        "reminder.cancelled",  # completed before its reminder
+    ]
     [completed] = listener.of(TASK_EVENTS)
     assert completed["data"]["task_id"] == task["id"]
 

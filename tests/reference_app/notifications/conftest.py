@@ -30,6 +30,7 @@ from reference_app.common.events import (
     BACKEND,
     NOTIFICATIONS,
     PUBSUB,
+    REMINDER_CANCELLED,
     REMINDER_SCHEDULED,
     REMINDERS,
 )
@@ -147,8 +148,11 @@ class FakeBackend:
             set_user_id(identity.user_id)
             assert self.dapr is not None
             payload = await request.json()
-            await self.dapr.publish(PUBSUB, REMINDERS, payload, event_type=REMINDER_SCHEDULED)
-            return {"published": REMINDER_SCHEDULED}
+            event_type = request.query_params.get("type", REMINDER_SCHEDULED)
+            await self.dapr.publish(
+                PUBSUB, REMINDERS, payload, event_type=event_type, partition_key=str(task_id)
+            )
+            return {"published": event_type}
 
         @self.app.post("/tasks/{task_id}/reminder-sent")
         async def reminder_sent(task_id: int, request: Request) -> JSONResponse:
@@ -182,23 +186,26 @@ class _Forward:
 
 
 class SidecarApi(_Forward):
-    """The notification app's way to its sidecar; `failing_jobs` job schedules fail first.
+    """The notification app's way to its sidecar; `failing_jobs` job schedules fail first,
+    and `failing_deletes` job deletes.
 
-    A failing schedule is answered as daprd does when its Scheduler cannot be reached.
+    A failing call is answered as daprd does when its Scheduler cannot be reached.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.failing_jobs = 0
+        self.failing_deletes = 0
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if (
-            self.failing_jobs
-            and scope["type"] == "http"
-            and scope["method"] == "POST"
-            and "/jobs/" in scope["path"]
-        ):
+        jobs = scope["type"] == "http" and "/jobs/" in scope["path"]
+        if jobs and scope["method"] == "DELETE" and self.failing_deletes:
+            self.failing_deletes -= 1
+        elif jobs and scope["method"] == "POST" and self.failing_jobs:
             self.failing_jobs -= 1
+        else:
+            jobs = False
+        if jobs:
             response = JSONResponse(
                 {
                     "errorCode": "DAPR_SCHEDULER_SCHEDULE_JOB",
@@ -239,8 +246,24 @@ class System:
         user_id: str = USER_ID,
     ) -> None:
         """Have the fake backend publish `payload` from a request by `user_id`."""
+        await self._publish(payload, REMINDER_SCHEDULED, request_id, user_id)
+
+    async def cancel(
+        self,
+        payload: dict[str, Any],
+        *,
+        request_id: str = REQUEST_ID,
+        user_id: str = USER_ID,
+    ) -> None:
+        """Have the fake backend publish the `reminder.cancelled` `payload`."""
+        await self._publish(payload, REMINDER_CANCELLED, request_id, user_id)
+
+    async def _publish(
+        self, payload: dict[str, Any], event_type: str, request_id: str, user_id: str
+    ) -> None:
         response = await self.backend_client.post(
             f"/tasks/{payload.get('task_id', 0)}/reminder",
+            params={"type": event_type},
             json=payload,
             headers={"x-request-id": request_id, **TOKENS.header(user_id)},
         )
@@ -363,6 +386,19 @@ def reminder(task_id: int = 42, *, in_seconds: float = 1.0, **fields: Any) -> di
         "due_at": (remind_at + timedelta(minutes=15)).isoformat(),
         "remind_at": remind_at.isoformat(),
         **fields,
+    }
+
+
+def cancel_of(
+    scheduled: dict[str, Any], *, reason: str = "rescheduled", at: datetime | None = None
+) -> dict[str, Any]:
+    """The `reminder.cancelled` payload of the reminder `scheduled`, written `at` (default now)."""
+    return {
+        "task_id": scheduled["task_id"],
+        "user_id": scheduled["user_id"],
+        "remind_at": scheduled["remind_at"],
+        "reason": reason,
+        "at": (at or datetime.now(timezone.utc)).isoformat(),
     }
 
 
