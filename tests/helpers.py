@@ -128,3 +128,33 @@ def todo_obs() -> list[str]:
     """The command line that runs `todo-obs` from this environment."""
     script = Path(sys.executable).with_name("todo-obs")
     return [str(script)] if script.exists() else [sys.executable, "-m", "todo_observability.cli"]
+
+
+class SilentServer:
+    """A TCP server that accepts connections, holds them open, and never sends a byte."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.05)
+        self.port: int = self._listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="silent-server", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted.append(connection)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._listener.close()
+        for connection in self.accepted:
+            connection.close()

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from tests.helpers import LoopbackServer, eventually, spans
+from tests.helpers import LoopbackServer, SilentServer, eventually, spans
 from todo_observability import traced
 from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
@@ -358,45 +358,18 @@ def test_captured_spans_gathers_every_observability_of_the_test(
 # --- flush and shutdown keep their timeout ------------------------------------------------------
 
 
-class Blackhole:
-    """A collector address that accepts connections and never answers a byte."""
-
-    def __init__(self) -> None:
-        import socket
-
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/api/v2/spans"
-        self.accepted: list[socket.socket] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(connection)
-
-    def close(self) -> None:
-        self._stopping.set()
-        self._thread.join()
-        self._listener.close()
-        for connection in self.accepted:
-            connection.close()
-
-
 @pytest.fixture
-def blackhole() -> Iterator[Blackhole]:
-    hole = Blackhole()
+def blackhole() -> Iterator[SilentServer]:
+    """A collector address that accepts connections and never answers a byte."""
+    hole = SilentServer()
     try:
         yield hole
     finally:
         hole.close()
+
+
+def spans_url(server: SilentServer) -> str:
+    return f"http://127.0.0.1:{server.port}/api/v2/spans"
 
 
 def slow_collector(delay: float, received: list[str]) -> LoopbackServer:
@@ -428,11 +401,11 @@ def dropped(registry: CollectorRegistry, reason: str = "export_failed") -> float
 
 
 def test_flush_against_a_blackholed_collector_says_false_on_time(
-    make_observability: Factory, blackhole: Blackhole
+    make_observability: Factory, blackhole: SilentServer
 ) -> None:
     registry = CollectorRegistry()
     obs = make_observability(
-        registry=registry, traces_exporter="zipkin", zipkin_endpoint=blackhole.url
+        registry=registry, traces_exporter="zipkin", zipkin_endpoint=spans_url(blackhole)
     )
     with obs.tracer.start_as_current_span("lost"):
         pass
@@ -451,11 +424,11 @@ def test_flush_against_a_blackholed_collector_says_false_on_time(
 
 
 def test_shutdown_against_a_blackholed_collector_says_false_on_time(
-    make_observability: Factory, blackhole: Blackhole
+    make_observability: Factory, blackhole: SilentServer
 ) -> None:
     registry = CollectorRegistry()
     obs = make_observability(
-        registry=registry, traces_exporter="zipkin", zipkin_endpoint=blackhole.url
+        registry=registry, traces_exporter="zipkin", zipkin_endpoint=spans_url(blackhole)
     )
     with obs.tracer.start_as_current_span("lost"):
         pass
@@ -467,13 +440,13 @@ def test_shutdown_against_a_blackholed_collector_says_false_on_time(
 
 
 def test_an_exporter_request_gets_no_more_time_than_the_flush_has_left(
-    blackhole: Blackhole,
+    blackhole: SilentServer,
 ) -> None:
     from opentelemetry.exporter.zipkin.json import ZipkinExporter
 
     registry = CollectorRegistry()
     counter = _metric_set(registry).counter(SPANS_DROPPED)
-    exporter = ZipkinExporter(endpoint=blackhole.url, timeout=60)
+    exporter = ZipkinExporter(endpoint=spans_url(blackhole), timeout=60)
     provider = TracerProvider()
     provider.add_span_processor(
         CountingBatchSpanProcessor(GuardedSpanExporter(exporter, counter), counter)

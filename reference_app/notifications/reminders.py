@@ -146,7 +146,26 @@ class SentJobs:
         self.add(name)
 
 
-class SqlSentReminders:
+class _SqlTable:
+    """One table of the notification service's own in the dead letters' database, created at first use."""
+
+    def __init__(self, engine: AsyncEngine, table: Table):
+        self.engine = engine
+        self.table = table
+        self._created = False
+        self._lock = asyncio.Lock()
+
+    async def _ensure_table(self) -> None:
+        if self._created:
+            return
+        async with self._lock:
+            if not self._created:
+                async with self.engine.begin() as connection:
+                    await connection.run_sync(self.table.metadata.create_all)
+                self._created = True
+
+
+class SqlSentReminders(_SqlTable):
     """The sent reminders in a table `<prefix>sent_reminders` of an SQL database.
 
     One row per job name (`reminder-<task id>-<remind_at>`, the primary key), with the task id
@@ -162,8 +181,7 @@ class SqlSentReminders:
         from sqlalchemy import Column, DateTime, Integer, MetaData, String
         from sqlalchemy import Table as SqlTable
 
-        self.engine = engine
-        self.table: Table = SqlTable(
+        table = SqlTable(
             f"{table_prefix}sent_reminders",
             MetaData(),
             Column("job", String(200), primary_key=True),
@@ -171,17 +189,7 @@ class SqlSentReminders:
             Column("remind_at", DateTime(timezone=True), nullable=False),
             Column("sent_at", DateTime(timezone=True), nullable=False),
         )
-        self._created = False
-        self._lock = asyncio.Lock()
-
-    async def _ensure_table(self) -> None:
-        if self._created:
-            return
-        async with self._lock:
-            if not self._created:
-                async with self.engine.begin() as connection:
-                    await connection.run_sync(self.table.metadata.create_all)
-                self._created = True
+        super().__init__(engine, table)
 
     async def was_sent(self, name: str) -> bool:
         """Whether a row for `name` exists."""
@@ -206,7 +214,7 @@ class SqlSentReminders:
                         job=name,
                         task_id=reminder.task_id,
                         remind_at=_aware(reminder.remind_at),
-                        sent_at=datetime.now(timezone.utc),
+                        sent_at=_utc(None),
                     )
                 )
         except IntegrityError:
@@ -251,7 +259,7 @@ class CancelledJobs:
             self._at.popitem(last=False)
 
 
-class SqlCancelledReminders:
+class SqlCancelledReminders(_SqlTable):
     """The cancelled reminders in a table `<prefix>cancelled_reminders` of an SQL database.
 
     One row per job name (the primary key), with the task id, `remind_at`, the latest cancel's
@@ -266,8 +274,7 @@ class SqlCancelledReminders:
         from sqlalchemy import Column, DateTime, Integer, MetaData, String
         from sqlalchemy import Table as SqlTable
 
-        self.engine = engine
-        self.table: Table = SqlTable(
+        table = SqlTable(
             f"{table_prefix}cancelled_reminders",
             MetaData(),
             Column("job", String(200), primary_key=True),
@@ -277,17 +284,7 @@ class SqlCancelledReminders:
             Column("reason", String(32), nullable=False),
             Column("recorded_at", DateTime(timezone=True), nullable=False),
         )
-        self._created = False
-        self._lock = asyncio.Lock()
-
-    async def _ensure_table(self) -> None:
-        if self._created:
-            return
-        async with self._lock:
-            if not self._created:
-                async with self.engine.begin() as connection:
-                    await connection.run_sync(self.table.metadata.create_all)
-                self._created = True
+        super().__init__(engine, table)
 
     async def cancelled_at(self, name: str) -> datetime | None:
         """The row's `cancelled_at` for `name`, or None."""

@@ -7,11 +7,9 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from tests.helpers import free_port
+from tests.helpers import SilentServer, free_port
 
 MISSING_POSTGRESQL = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found: install the Debian package "
@@ -262,36 +260,6 @@ def smtp_auth_server(certificate_authority: trustme.CA) -> Iterator[SmtpServer]:
         yield SmtpServer("127.0.0.1", port, controller, user, password, client_tls, logins)
     finally:
         controller.stop()
-
-
-class SilentServer:
-    """A TCP server that accepts connections, holds them open, and never sends a byte."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.05)
-        self.port: int = self._listener.getsockname()[1]
-        self.accepted: list[socket.socket] = []
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept, name="silent-server", daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.accepted.append(connection)
-
-    def close(self) -> None:
-        self._stopping.set()
-        self._thread.join()
-        self._listener.close()
-        for connection in self.accepted:
-            connection.close()
 
 
 @pytest.fixture

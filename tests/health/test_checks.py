@@ -20,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.helpers import free_port
+from tests.helpers import SilentServer, free_port
 from todo_observability.exceptions import ConfigurationError, MissingExtraError
 from todo_observability.health import HealthEngine, checks
 from todo_observability.health.model import Check, CheckResult, Status
 
-from .conftest import PostgresCluster, SilentServer, SmtpServer
+from .conftest import PostgresCluster, SmtpServer
 
 # --- helpers -------------------------------------------------------------------------------------
 

@@ -9,11 +9,12 @@ from collections.abc import Callable
 import pytest
 from fastapi import FastAPI
 
+from tests.helpers import SilentServer
 from todo_observability._observability import Observability
 from todo_observability.health import checks
 
 from ..helpers import client
-from .conftest import PostgresCluster, SilentServer
+from .conftest import PostgresCluster
 
 pytestmark = pytest.mark.anyio
 Factory = Callable[..., Observability]
