@@ -30,6 +30,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         state_stores=args.statestore or ["statestore"],
         partitions=args.partitions,
         runtime_version=args.runtime_version,
+        kafka_exporter_port=args.kafka_exporter_port,
         log_level=args.log_level,
     )
 
@@ -46,8 +47,9 @@ def add_parser(subcommands: Any) -> None:
         "--app",
         action="append",
         default=[],
-        metavar="ID:APP_PORT:DAPR_HTTP_PORT",
-        help="an app and its sidecar's port, e.g. backend:8001:3501 (repeatable)",
+        metavar="ID:APP_PORT:DAPR_HTTP_PORT[:METRICS_PORT]",
+        help="an app and its sidecar's port, e.g. backend:8001:3501, and optionally the "
+        "sidecar's metrics port (daprd --metrics-port), e.g. backend:8001:3501:9091 (repeatable)",
     )
     sidecar.add_argument("--app-id", help="one app's id (default: $APP_ID)")
     sidecar.add_argument("--app-port", type=int, help="its port (default: $APP_PORT)")
@@ -77,6 +79,13 @@ def add_parser(subcommands: Any) -> None:
         action="append",
         metavar="NAME",
         help="a state store component (default: statestore)",
+    )
+    sidecar.add_argument(
+        "--kafka-exporter-port",
+        type=int,
+        metavar="PORT",
+        help="serve the broker's topics and consumer groups on /metrics under kafka_exporter's "
+        "names (its default port is 9308)",
     )
     sidecar.add_argument("--partitions", type=int, default=1, help="partitions per topic")
     sidecar.add_argument(

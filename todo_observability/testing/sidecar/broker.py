@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from todo_observability.testing.sidecar.sidecar import Sidecar
 
-__all__ = ["Broker", "Record"]
+__all__ = ["Broker", "BrokerSnapshot", "Record"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,21 @@ class Record:
             ValueError: the value is not JSON.
         """
         return _json.loads(self.value)
+
+
+@dataclass(frozen=True)
+class BrokerSnapshot:
+    """Offsets at one moment, as a Kafka exporter reads them (see `Broker.snapshot`).
+
+    Attributes:
+        ends: Each topic's next offset per partition (Kafka's high watermark).
+        committed: Each consumer group's and topic's committed offset per partition.
+        members: Each consumer group's members: its running sidecar, when it has one.
+    """
+
+    ends: Mapping[str, list[int]]
+    committed: Mapping[tuple[str, str], Mapping[int, int]]
+    members: Mapping[str, int]
 
 
 def _fnv1a_32(data: bytes) -> int:
@@ -225,6 +240,25 @@ class Broker:
             committed = self.committed(group, pubsub, topic, partition)
             total += end - (end if committed is None else committed)
         return total
+
+    def snapshot(self) -> BrokerSnapshot:
+        """The offsets of every topic and consumer group now, by topic name.
+
+        The pub/sub components of the emulator share this one broker, as components pointing
+        at one Kafka cluster do; a topic name is one topic.
+        """
+        ends: dict[str, list[int]] = {}
+        for (_, topic), state in list(self._topics.items()):
+            current = ends.setdefault(topic, [0] * len(state.partitions))
+            for partition, log in enumerate(state.partitions):
+                if partition < len(current):
+                    current[partition] += len(log)
+        committed: dict[tuple[str, str], dict[int, int]] = {}
+        for (group, _, topic, partition), offset in list(self._committed.items()):
+            offsets = committed.setdefault((group, topic), {})
+            offsets[partition] = offsets.get(partition, 0) + offset
+        members = dict.fromkeys(self._sidecars, 1)
+        return BrokerSnapshot(ends, committed, members)
 
     # --- sidecars -----------------------------------------------------------------------------
 

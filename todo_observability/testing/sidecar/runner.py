@@ -1,8 +1,11 @@
 """Run emulated sidecars as a process: one event loop, one broker, one uvicorn server per app.
 
 `todo-obs sidecar --app backend:8001:3501 --app recurring:8002:3502` serves each app's Dapr API
-on its own port, like one daprd per app, all sharing the in-memory broker. SIGINT or SIGTERM
-stop it cleanly: servers closed, deliveries cancelled, spans flushed.
+on its own port, like one daprd per app, all sharing the in-memory broker. A fourth field
+(`backend:8001:3501:9091`) is the sidecar's metrics port (daprd's `--metrics-port`), where its
+Prometheus metrics are served on `/metrics`; `--kafka-exporter-port` serves the broker's under
+kafka_exporter's names. SIGINT or SIGTERM stop it cleanly: servers closed, deliveries
+cancelled, spans flushed.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from prometheus_client import make_asgi_app
 
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.testing.sidecar.broker import Broker
+from todo_observability.testing.sidecar.metrics import kafka_exporter_registry
 from todo_observability.testing.sidecar.retry import RetryPolicy
 from todo_observability.testing.sidecar.sidecar import Sidecar
 
@@ -40,28 +45,33 @@ _log = logging.getLogger("todo_observability.sidecar")
 
 @dataclass(frozen=True)
 class SidecarSpec:
-    """One app to emulate a sidecar for: its id, its port, and the sidecar's HTTP port."""
+    """One app to emulate a sidecar for: its id, its port, the sidecar's HTTP and metrics ports.
+
+    Without a metrics port the sidecar's metrics are not served (they are still counted).
+    """
 
     app_id: str
     app_port: int
     dapr_http_port: int
+    metrics_port: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> SidecarSpec:
-        """`backend:8001:3501` (app id, app port, Dapr HTTP port).
+        """`backend:8001:3501` (app id, app port, Dapr HTTP port), or with `:9091` the metrics port.
 
         Raises:
-            ConfigurationError: not three fields with two ports.
+            ConfigurationError: not three or four fields with ports.
         """
         parts = text.split(":")
         try:
-            if len(parts) == 3 and parts[0]:
-                return cls(parts[0], _port(parts[1]), _port(parts[2]))
+            if len(parts) in (3, 4) and parts[0]:
+                metrics = _port(parts[3]) if len(parts) == 4 else None
+                return cls(parts[0], _port(parts[1]), _port(parts[2]), metrics)
         except ValueError:
             pass
         raise ConfigurationError(
-            f"--app takes APP_ID:APP_PORT:DAPR_HTTP_PORT, for example backend:8001:3501, "
-            f"got {text!r}.",
+            f"--app takes APP_ID:APP_PORT:DAPR_HTTP_PORT[:METRICS_PORT], for example "
+            f"backend:8001:3501 or backend:8001:3501:9091, got {text!r}.",
             field="app",
             value=text,
         )
@@ -216,13 +226,16 @@ async def run_sidecars(
     state_stores: Sequence[str] = ("statestore",),
     partitions: int = 1,
     runtime_version: str = "1.18.3",
+    kafka_exporter_port: int | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[Sidecar]], None] | None = None,
 ) -> None:
     """Serve one emulated sidecar per spec until `stop` is set (for ever when None).
 
     Spans of every sidecar go, batched, to `zipkin_endpoint` (Zipkin v2 JSON) and/or
-    `span_file` (one JSON array per line, readable by `todo-obs trace`).
+    `span_file` (one JSON array per line, readable by `todo-obs trace`). Each sidecar whose
+    spec has a metrics port serves its metrics there on `/metrics`; `kafka_exporter_port`
+    serves the broker's (see `todo_observability.testing.sidecar.metrics`).
 
     Raises:
         OSError: a port is already in use.
@@ -253,6 +266,13 @@ async def run_sidecars(
     try:
         exporters.extend(_exporters(zipkin_endpoint, span_file))
         sockets.extend(_bind(host, spec.dapr_http_port) for spec in specs)
+        metrics_sockets = [
+            (spec, _bind(host, spec.metrics_port)) for spec in specs if spec.metrics_port
+        ]
+        sockets.extend(sock for _, sock in metrics_sockets)
+        if kafka_exporter_port:
+            kafka_socket = _bind(host, kafka_exporter_port)
+            sockets.append(kafka_socket)
         for spec in specs:
             provider = TracerProvider(
                 resource=Resource.create({"service.name": spec.app_id}),
@@ -294,22 +314,52 @@ async def run_sidecars(
                     server.serve(sockets=[sock]), name=f"dapr {sidecar.app_id} http"
                 )
             )
+        by_app = {sidecar.app_id: sidecar for sidecar in sidecars}
+        metrics_apps = [
+            (
+                f"dapr {spec.app_id} metrics",
+                make_asgi_app(by_app[spec.app_id].metrics.registry),
+                sock,
+            )
+            for spec, sock in metrics_sockets
+        ]
+        if kafka_exporter_port:
+            registry = kafka_exporter_registry(broker)
+            metrics_apps.append(("kafka exporter", make_asgi_app(registry), kafka_socket))
+        for name, app, sock in metrics_apps:
+            server = _server(
+                uvicorn.Config(
+                    app,
+                    log_level=None,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                    server_header=False,
+                )
+            )
+            servers.append(server)
+            serving.append(asyncio.create_task(server.serve(sockets=[sock]), name=name))
         while not all(server.started for server in servers):
             if any(task.done() for task in serving):
                 raise RuntimeError("a sidecar's HTTP server stopped during start-up")
             await asyncio.sleep(0.01)  # uvicorn has no "started" event to wait on
         for spec, sidecar in zip(specs, sidecars, strict=True):
             _log.info(
-                "[%s] Dapr HTTP API on http://%s:%d, app on port %d (emulated daprd %s)",
+                "[%s] Dapr HTTP API on http://%s:%d, app on port %d (emulated daprd %s)%s",
                 spec.app_id,
                 host,
                 spec.dapr_http_port,
                 spec.app_port,
                 runtime_version,
+                f", metrics on http://{host}:{spec.metrics_port}/metrics"
+                if spec.metrics_port
+                else "",
             )
             task = asyncio.create_task(sidecar.start(), name=f"dapr {spec.app_id} start")
             task.add_done_callback(_report_start_failure)
             starting.append(task)
+        if kafka_exporter_port:
+            _log.info("kafka exporter metrics on http://%s:%d/metrics", host, kafka_exporter_port)
         if on_ready is not None:
             on_ready(sidecars)
         await stop.wait()

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import posixpath
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ from todo_observability.testing.sidecar._tracing import (
     trace_headers,
 )
 from todo_observability.testing.sidecar.broker import Broker, Record
+from todo_observability.testing.sidecar.metrics import DaprMetrics, MetricsMiddleware
 from todo_observability.testing.sidecar.retry import RetryPolicy
 from todo_observability.testing.sidecar.subscriptions import Subscription, parse_subscriptions
 
@@ -350,6 +352,8 @@ class Sidecar:
         self.tracing = SidecarTracing(
             app_id, sampling_rate, exporter=span_exporter, tracer_provider=tracer_provider
         )
+        #: daprd's metrics of this sidecar; `metrics.registry` is what its metrics port serves.
+        self.metrics = DaprMetrics(app_id)
         self.span_exporter = span_exporter
         self._app_transport = app_transport
         self._app_timeout = app_timeout
@@ -541,6 +545,7 @@ class Sidecar:
 
     def _record_attempt(self, attempt: DeliveryAttempt) -> None:
         self._attempts.append(attempt)
+        self.metrics.delivery_attempt(attempt)
         self.broker.notify_change()
 
     def _record_result(self, result: MessageResult) -> None:
@@ -549,6 +554,7 @@ class Sidecar:
 
     def _record_trigger(self, trigger: JobTrigger) -> None:
         self._triggers.append(trigger)
+        self.metrics.job_trigger(trigger)
         self.broker.notify_change()
 
     # --- the app channel ------------------------------------------------------------------------
@@ -662,6 +668,17 @@ class Sidecar:
     def _publish_internal(
         self, pubsub: str, topic: str, data: bytes, metadata: Mapping[str, str]
     ) -> Record:
+        start = time.perf_counter()
+        success = False
+        try:
+            record = self._produce(pubsub, topic, data, metadata)
+            success = True
+            return record
+        finally:
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            self.metrics.publish(pubsub, topic, success=success, elapsed_ms=elapsed_ms)
+
+    def _produce(self, pubsub: str, topic: str, data: bytes, metadata: Mapping[str, str]) -> Record:
         if self._publish_faults:
             status, message = self._publish_faults.pop(0)
             raise DaprApiError(
@@ -729,7 +746,10 @@ class Sidecar:
         ]
         return Starlette(
             routes=routes,
-            middleware=[Middleware(_ApiMiddleware, sidecar=self)],
+            middleware=[
+                Middleware(MetricsMiddleware, metrics=self.metrics),
+                Middleware(_ApiMiddleware, sidecar=self),
+            ],
             exception_handlers={DaprApiError: self._on_api_error},
         )
 
