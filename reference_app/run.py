@@ -39,12 +39,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Service:
-    """One of the four services: its app id, module and ports."""
+    """One of the four services: its app id, module and ports (its sidecar's API and metrics)."""
 
     app_id: str
     module: str
     port: int
     dapr_port: int
+    metrics_port: int
 
     @property
     def url(self) -> str:
@@ -59,7 +60,13 @@ class Layout:
     data: Path
     services: dict[str, Service]
     smtp_port: int
+    kafka_exporter_port: int
+    prometheus_port: int
+    alertmanager_port: int
+    alert_sink_port: int
     zipkin_endpoint: str | None = None
+    monitoring: bool = False
+    """Whether the run starts Prometheus, Alertmanager and the alert sink (`reference_app.monitoring`)."""
     database_url: str | None = None
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
 
@@ -74,13 +81,23 @@ class Layout:
         return self.data / "mail"
 
     @property
+    def alerts(self) -> Path:
+        """The folder where the alert sink keeps Alertmanager's notifications."""
+        return self.data / "alerts"
+
+    @property
     def spans(self) -> Path:
         """The span file (Zipkin v2 JSON, one array per line)."""
         return self.data / "spans.jsonl"
 
     @classmethod
     def at(cls, data: Path, base_port: int, zipkin_endpoint: str | None) -> Layout:
-        """The default layout: services on base_port..+3, sidecars on 3500..3503 shifted alike."""
+        """The default layout: services on base_port..+3, the rest shifted alike.
+
+        At base port 8000: sidecars on 3500..3503 (their metrics on 9190..9193), SMTP on 1025,
+        the Kafka exporter on 9308 (its own default), Prometheus on 9090, Alertmanager on 9093
+        (theirs), the alert sink on 9099.
+        """
         shift = base_port - 8000
         apps = [
             (events.FRONTEND, "reference_app.frontend"),
@@ -89,16 +106,29 @@ class Layout:
             (events.NOTIFICATIONS, "reference_app.notifications"),
         ]
         services = {
-            app_id: Service(app_id, module, base_port + index, 3500 + shift + index)
+            app_id: Service(
+                app_id, module, base_port + index, 3500 + shift + index, 9190 + shift + index
+            )
             for index, (app_id, module) in enumerate(apps)
         }
-        return cls(data.resolve(), services, 1025 + shift, zipkin_endpoint)
+        return cls(
+            data.resolve(),
+            services,
+            smtp_port=1025 + shift,
+            kafka_exporter_port=9308 + shift,
+            prometheus_port=9090 + shift,
+            alertmanager_port=9093 + shift,
+            alert_sink_port=9099 + shift,
+            zipkin_endpoint=zipkin_endpoint,
+        )
 
     def ports(self) -> list[int]:
-        """Every port the system listens on."""
-        ports = [self.smtp_port]
+        """Every port the system listens on (with `monitoring`, Prometheus' and the rest too)."""
+        ports = [self.smtp_port, self.kafka_exporter_port]
         for service in self.services.values():
-            ports += [service.port, service.dapr_port]
+            ports += [service.port, service.dapr_port, service.metrics_port]
+        if self.monitoring:
+            ports += [self.prometheus_port, self.alertmanager_port, self.alert_sink_port]
         return ports
 
 
@@ -114,7 +144,14 @@ class System:
         """Start `command` with its output in `<logs>/<name>.log`."""
         log = (self.layout.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(  # noqa: S603 - our own command lines
-            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # A session of its own: a Ctrl-C or a hang-up of the terminal reaches the runner
+            # alone, which stops the processes in order (services before their sidecars).
+            start_new_session=True,
         )
         log.close()
 
@@ -126,9 +163,15 @@ class System:
                 raise SystemExit(f"{name} exited with status {process.returncode}:\n{tail}")
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM every process (services first, then the sidecars and the sink), then wait."""
-        order = [n for n in self.processes if n not in ("sidecars", "smtp-sink")]
-        order += [n for n in ("sidecars", "smtp-sink") if n in self.processes]
+        """SIGTERM every process, then wait for it.
+
+        Prometheus first (it would only record the shutdown), then the services, their sidecars,
+        the SMTP sink, Alertmanager and the alert sink.
+        """
+        last = ("sidecars", "smtp-sink", "alertmanager", "alert-sink")
+        order = [n for n in ("prometheus",) if n in self.processes]
+        order += [n for n in self.processes if n not in (*last, "prometheus")]
+        order += [n for n in last if n in self.processes]
         for name in order:
             process = self.processes[name]
             if process.poll() is None:
@@ -205,37 +248,46 @@ def start_system(layout: Layout, out: TextIO) -> System:
     for folder in (layout.data, layout.logs, layout.mail):
         folder.mkdir(parents=True, exist_ok=True)
     system = System(layout, out)
-    env = base_env(layout)
-    python = sys.executable
-    system.start(
-        "smtp-sink",
-        [
+    try:
+        env = base_env(layout)
+        python = sys.executable
+        system.start(
+            "smtp-sink",
+            [
+                python,
+                "-m",
+                "reference_app.smtp_sink",
+                "--port",
+                str(layout.smtp_port),
+                "--dir",
+                str(layout.mail),
+            ],
+            env,
+        )
+        sidecar_command = [
             python,
             "-m",
-            "reference_app.smtp_sink",
-            "--port",
-            str(layout.smtp_port),
-            "--dir",
-            str(layout.mail),
-        ],
-        env,
-    )
-    sidecar_command = [
-        python,
-        "-m",
-        "todo_observability.cli",
-        "sidecar",
-        "--retry",
-        "constant:1s:3",
-    ]
-    for service in layout.services.values():
-        sidecar_command += ["--app", f"{service.app_id}:{service.port}:{service.dapr_port}"]
-    sidecar_command += ["--span-file", str(layout.spans)]
-    if layout.zipkin_endpoint:
-        sidecar_command += ["--zipkin-endpoint", layout.zipkin_endpoint]
-    system.start("sidecars", sidecar_command, env)
-    for app_id in layout.services:
-        start_service(system, app_id)
+            "todo_observability.cli",
+            "sidecar",
+            "--retry",
+            "constant:1s:3",
+        ]
+        for service in layout.services.values():
+            sidecar_command += [
+                "--app",
+                f"{service.app_id}:{service.port}:{service.dapr_port}:{service.metrics_port}",
+            ]
+        sidecar_command += ["--kafka-exporter-port", str(layout.kafka_exporter_port)]
+        sidecar_command += ["--span-file", str(layout.spans)]
+        if layout.zipkin_endpoint:
+            sidecar_command += ["--zipkin-endpoint", layout.zipkin_endpoint]
+        system.start("sidecars", sidecar_command, env)
+        for app_id in layout.services:
+            start_service(system, app_id)
+    except BaseException:
+        # Interrupted or failed half way (a signal, a port taken meanwhile): stop what started.
+        system.stop()
+        raise
     return system
 
 
@@ -323,6 +375,9 @@ def run_scenario(layout: Layout, system: System, out: TextIO) -> Scenario:
         if response.status_code >= 400:
             raise SystemExit(f"sign-in failed: {response.status_code} {response.text[:300]}")
         out.write("  ✓ signed in as alice\n")
+        # The mail folder outlives a run: only a message that arrives from now on is this
+        # run's reminder, not one a run before left with the same subject.
+        earlier = set(smtp_sink.messages(layout.mail))
         due_at = datetime.now(timezone.utc) + timedelta(minutes=15, seconds=8)
         response = browser.post(
             "/api/tasks",
@@ -347,7 +402,7 @@ def run_scenario(layout: Layout, system: System, out: TextIO) -> Scenario:
 
         def mail_arrived() -> bool:
             for path in smtp_sink.messages(layout.mail):
-                if TITLE in path.read_text(errors="replace"):
+                if path not in earlier and TITLE in path.read_text(errors="replace"):
                     result.mail = path
                     return True
             return False
@@ -497,10 +552,55 @@ def show_metrics(layout: Layout, out: TextIO) -> None:
             out.write(f"    {row}\n")
 
 
+class Stop(Exception):
+    """A signal asked the run to stop (SIGTERM or SIGHUP; Ctrl-C is KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop(signum)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+"""Besides Ctrl-C (SIGINT), what stops the run cleanly: `kill <pid>` and a closed terminal."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `Stop` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    previous = {signum: signal.signal(signum, _raise_stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _ignoring_signals() -> Iterator[None]:
+    """While the processes stop: a second Ctrl-C or `kill` must not cut the stop short."""
+    signums = (signal.SIGINT, *STOP_SIGNALS)
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run the reference system; the exit status."""
+    from reference_app import monitoring
+
     out = out or sys.stdout
-    parser = argparse.ArgumentParser(prog="python -m reference_app", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m reference_app",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", type=Path, default=Path("data"), help="data folder (%(default)s)")
     parser.add_argument(
         "--base-port", type=int, default=8000, help="frontend port; the rest follow"
@@ -516,40 +616,79 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         "--keep-running", action="store_true", help="leave the system running after the scenario"
     )
     parser.add_argument("--no-scenario", action="store_true", help="only start the system")
+    parser.add_argument(
+        "--no-monitoring",
+        action="store_true",
+        help="start no Prometheus, Alertmanager or alert sink",
+    )
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="after the scenario, take the SMTP server down until an alert fires and its "
+        "receiver is notified (about 2.5 minutes), then bring it back",
+    )
     args = parser.parse_args(argv)
+    if args.faults and (args.no_monitoring or args.no_scenario):
+        parser.error(
+            "--faults needs the scenario and the monitoring: drop --no-scenario and --no-monitoring"
+        )
     layout = Layout.at(args.data, args.base_port, args.zipkin_endpoint)
     layout.database_url = args.database_url
+    layout.monitoring = not args.no_monitoring
+    if layout.monitoring:
+        monitoring.binaries()  # before anything starts: say what to install
     out.write("Starting the reference todo system (Ctrl-C stops everything)\n")
-    system = start_system(layout, out)
-    try:
-        for app_id, service in layout.services.items():
+    out.flush()
+    system: System | None = None
+    with _stop_on_signals():
+        try:
+            system = start_system(layout, out)
+            for app_id, service in layout.services.items():
+                out.write(
+                    f"  {app_id:<24} {service.url}   sidecar http://127.0.0.1:{service.dapr_port}\n"
+                )
             out.write(
-                f"  {app_id:<24} {service.url}   sidecar http://127.0.0.1:{service.dapr_port}\n"
+                f"  {'smtp sink':<24} 127.0.0.1:{layout.smtp_port}   mail in {layout.mail}\n"
+                f"  {'logs':<24} {layout.logs}\n  {'spans':<24} {layout.spans}\n"
             )
-        out.write(
-            f"  {'smtp sink':<24} 127.0.0.1:{layout.smtp_port}   mail in {layout.mail}\n"
-            f"  {'logs':<24} {layout.logs}\n  {'spans':<24} {layout.spans}\n"
-        )
-        for app_id, service in layout.services.items():
-            wait_until(f"{app_id} ready", functools.partial(ready, service.url), system, 90, out)
-        if not args.no_scenario:
-            scenario = run_scenario(layout, system, out)
-            show_trace(layout, system, scenario.complete_request_id, out)
-            show_request_ids(layout, scenario, out)
-            show_readiness(layout, out)
-            show_metrics(layout, out)
-        if args.keep_running or args.no_scenario:
-            out.write(
-                f"\nRunning. Open {layout.services[events.FRONTEND].url} and sign in; "
-                "Ctrl-C stops everything.\n"
-            )
-            out.flush()
-            while True:
-                system.check_alive()
-                time.sleep(0.5)
-    except KeyboardInterrupt:
-        out.write("\nStopping…\n")
-    finally:
-        system.stop()
-        out.write("Stopped: every process exited, spans flushed.\n")
+            if layout.monitoring:
+                out.write(
+                    f"  {'prometheus':<24} http://127.0.0.1:{layout.prometheus_port}\n"
+                    f"  {'alertmanager':<24} http://127.0.0.1:{layout.alertmanager_port}"
+                    f"   notifications in {layout.alerts}\n"
+                )
+            for app_id, service in layout.services.items():
+                wait_until(
+                    f"{app_id} ready", functools.partial(ready, service.url), system, 90, out
+                )
+            if layout.monitoring:
+                monitoring.start_monitoring(layout, system, out)
+            if not args.no_scenario:
+                scenario = run_scenario(layout, system, out)
+                show_trace(layout, system, scenario.complete_request_id, out)
+                show_request_ids(layout, scenario, out)
+                show_readiness(layout, out)
+                show_metrics(layout, out)
+            if layout.monitoring:
+                monitoring.show_monitoring(layout, system, out)
+            if args.faults:
+                monitoring.drive_smtp_fault(layout, system, out)
+            if args.keep_running or args.no_scenario:
+                out.write(
+                    f"\nRunning. Open {layout.services[events.FRONTEND].url} and sign in; "
+                    "Ctrl-C (or kill, or closing the terminal) stops everything.\n"
+                )
+                out.flush()
+                while True:
+                    system.check_alive()
+                    time.sleep(0.5)
+        except (KeyboardInterrupt, Stop) as stop:
+            why = f" ({stop})" if isinstance(stop, Stop) else ""
+            out.write(f"\nStopping{why}…\n")
+        finally:
+            with _ignoring_signals():
+                if system is not None:
+                    system.stop()
+                    out.write("Stopped: every process exited, spans flushed.\n")
+                out.flush()
     return 0

@@ -7,8 +7,10 @@ The rules come from the SLOs of `reference_app.ops.slos` and the alerts of
 
 - `deploy/monitoring/prometheus/rules.yml`: the SLOs' recording rules and burn-rate alerts,
   the absent-metric alert and the operational alerts;
-- `deploy/monitoring/prometheus/prometheus.yml`: a Prometheus configuration for the local run
-  (`./dev demo --keep-running`): one job per service, named after it, and the rules;
+- `deploy/monitoring/prometheus/prometheus.yml`: the Prometheus configuration of the local run
+  (`./dev demo`, on its default ports): one job per service, named after it, the emulated
+  sidecars (`daprd`) and the broker's Kafka exporter (`kafka-exporter`), the rules, and the
+  local Alertmanager;
 - `deploy/monitoring/prometheus/rules.test.yml`: unit tests for every alert: it fires when it
   should, stays silent before its `for:`, and the burn-rate alerts stay silent at low traffic;
 - `deploy/k8s/base/monitoring/prometheusrule.yaml`: the same groups as a `PrometheusRule`;
@@ -80,22 +82,91 @@ def dump(document: Any) -> str:
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
 
 
+SIDECAR_JOB = "daprd"
+"""The job of the Dapr sidecars' metrics (in Kubernetes the PodMonitor's, `<namespace>/daprd`)."""
+KAFKA_EXPORTER_JOB = "kafka-exporter"
+"""The job of the Kafka exporter."""
+
+
 def local_prometheus_config(
-    ports: Mapping[str, int], rules_file: str = RULES.name
+    ports: Mapping[str, int],
+    rules_file: str = RULES.name,
+    *,
+    sidecar_metrics_ports: Sequence[int] = (),
+    kafka_exporter_port: int | None = None,
+    alertmanager: str | None = None,
 ) -> dict[str, Any]:
-    """A Prometheus configuration scraping the services on loopback, with the rules.
+    """A Prometheus configuration scraping the system on loopback, with the rules.
 
     Args:
         ports: Each service's port by job (app id).
         rules_file: The rules file, relative to the configuration or absolute.
+        sidecar_metrics_ports: The metrics ports of the Dapr sidecars (job `daprd`; each
+            series carries its `app_id`).
+        kafka_exporter_port: The Kafka exporter's port (job `kafka-exporter`).
+        alertmanager: The Alertmanager to send alerts to (`host:port`).
     """
-    return {
+    scrape_configs: list[dict[str, Any]] = [
+        # One job per service, named after it, as the ServiceMonitors name them in Kubernetes.
+        {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        for job, port in ports.items()
+    ]
+    if sidecar_metrics_ports:
+        targets = [f"127.0.0.1:{port}" for port in sidecar_metrics_ports]
+        scrape_configs.append({"job_name": SIDECAR_JOB, "static_configs": [{"targets": targets}]})
+    if kafka_exporter_port:
+        scrape_configs.append(
+            {
+                "job_name": KAFKA_EXPORTER_JOB,
+                "static_configs": [{"targets": [f"127.0.0.1:{kafka_exporter_port}"]}],
+            }
+        )
+    config: dict[str, Any] = {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "rule_files": [rules_file],
-        "scrape_configs": [
-            # One job per service, named after it, as the ServiceMonitors name them in Kubernetes.
-            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
-            for job, port in ports.items()
+    }
+    if alertmanager:
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+    config["scrape_configs"] = scrape_configs
+    return config
+
+
+LOCAL_GROUP_WAIT = "5s"
+LOCAL_GROUP_INTERVAL = "30s"
+
+
+def local_alertmanager_config(sink_url: str) -> dict[str, Any]:
+    """The committed Alertmanager routing, every receiver a webhook to the local alert sink.
+
+    The route tree, its matchers and the inhibitions are the committed ones; what differs for the
+    local run: each receiver keeps its name but delivers to `<sink_url>/receivers/<name>` (the
+    sink keeps what it gets), nothing global is needed (no SMTP relay, no PagerDuty), and every
+    route waits `LOCAL_GROUP_WAIT` and `LOCAL_GROUP_INTERVAL` (instead of 10 s to 5 min) so a
+    notification follows its alert within seconds.
+
+    Args:
+        sink_url: The alert sink's base URL (`reference_app.alert_sink`).
+    """
+    committed = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
+
+    def shorten(route: dict[str, Any]) -> dict[str, Any]:
+        route = {**route, "group_wait": LOCAL_GROUP_WAIT, "group_interval": LOCAL_GROUP_INTERVAL}
+        if "routes" in route:
+            route["routes"] = [shorten(child) for child in route["routes"]]
+        return route
+
+    return {
+        "global": {"resolve_timeout": committed.get("global", {}).get("resolve_timeout", "5m")},
+        "route": shorten(committed["route"]),
+        "inhibit_rules": committed.get("inhibit_rules", []),
+        "receivers": [
+            {
+                "name": receiver["name"],
+                "webhook_configs": [
+                    {"url": f"{sink_url}/receivers/{receiver['name']}", "send_resolved": True}
+                ],
+            }
+            for receiver in committed["receivers"]
         ],
     }
 
@@ -122,9 +193,16 @@ def files() -> dict[Path, str]:
     return {
         RULES: HEADER + dump({"groups": rule_groups}),
         PROMETHEUS_CONFIG: HEADER
-        + "# The local run: `./dev demo --keep-running`, then\n"
-        + "#   prometheus --config.file=reference_app/deploy/monitoring/prometheus/prometheus.yml\n"
-        + dump(local_prometheus_config({s.app_id: s.port for s in local.services.values()})),
+        + "# The local run's: `./dev demo` runs Prometheus with it (on the run's ports, with\n"
+        + "# absolute paths, in data/monitoring/prometheus.yml).\n"
+        + dump(
+            local_prometheus_config(
+                {s.app_id: s.port for s in local.services.values()},
+                sidecar_metrics_ports=[s.metrics_port for s in local.services.values()],
+                kafka_exporter_port=local.kafka_exporter_port,
+                alertmanager=f"127.0.0.1:{local.alertmanager_port}",
+            )
+        ),
         ALERTMANAGER_SECRET: HEADER + dump(secret),
         RULE_TESTS: HEADER + dump(unit_tests(alerting_rules(), RULES.name)),
         PROMETHEUS_RULE: HEADER + dump(resource),

@@ -265,7 +265,8 @@ async def run_sidecars(
     starting: list[asyncio.Task[None]] = []
     try:
         exporters.extend(_exporters(zipkin_endpoint, span_file))
-        sockets.extend(_bind(host, spec.dapr_http_port) for spec in specs)
+        api_sockets = [_bind(host, spec.dapr_http_port) for spec in specs]
+        sockets.extend(api_sockets)
         metrics_sockets = [
             (spec, _bind(host, spec.metrics_port)) for spec in specs if spec.metrics_port
         ]
@@ -297,7 +298,7 @@ async def run_sidecars(
                     runtime_version=runtime_version,
                 )
             )
-        for sidecar, sock in zip(sidecars, sockets, strict=True):
+        for sidecar, sock in zip(sidecars, api_sockets, strict=True):
             config = uvicorn.Config(
                 sidecar.asgi,
                 # Leave logging alone: the process (or the caller) configures it.

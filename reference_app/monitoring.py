@@ -1,0 +1,327 @@
+"""The local run's monitoring: a real Prometheus and Alertmanager, and what the report shows of them.
+
+`start_monitoring` starts, on loopback, the alert sink (`reference_app.alert_sink`), Alertmanager
+(Debian `prometheus-alertmanager`: clustering off, the committed routing with every receiver a
+webhook to the sink, see `reference_app.ops.rules.local_alertmanager_config`) and Prometheus
+(Debian `prometheus`: the generated rules, every service, sidecar and the Kafka exporter as
+targets). Their configuration files and data live in `<data>/monitoring/`.
+
+`show_monitoring` reports every target's health, the alerts (pending and firing), the URLs to
+open and graph links for the RED and SLO panels; `drive_smtp_fault` takes the SMTP sink down
+until an alert fires and shows the receiver that got its notification.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO
+
+import yaml
+
+from reference_app import alert_sink
+from reference_app.ops import queries, rules
+
+if TYPE_CHECKING:
+    from reference_app.run import Layout, System
+
+__all__ = [
+    "GRAPH_DASHBOARDS",
+    "Target",
+    "alerts",
+    "binaries",
+    "drive_smtp_fault",
+    "graph_links",
+    "show_monitoring",
+    "start_monitoring",
+    "targets",
+]
+
+GRAPH_DASHBOARDS = ("todo-service-red", "todo-slos")
+"""The dashboards whose panels the report links to as Prometheus graphs."""
+
+_INSTALL = (
+    "{binary} is not installed: install the Debian package {package} "
+    "(`sudo apt-get install {package}`; `./dev demo` installs it when it can), "
+    "or run without monitoring: --no-monitoring."
+)
+
+
+def binaries() -> tuple[str, str]:
+    """The paths of `prometheus` and `prometheus-alertmanager`.
+
+    Raises:
+        SystemExit: one is missing; the message says how to install it.
+    """
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        raise SystemExit(_INSTALL.format(binary="prometheus", package="prometheus"))
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if alertmanager is None:
+        raise SystemExit(
+            _INSTALL.format(binary="prometheus-alertmanager", package="prometheus-alertmanager")
+        )
+    return prometheus, alertmanager
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def start_monitoring(layout: Layout, system: System, out: TextIO) -> None:
+    """Write the configurations, start the alert sink, Alertmanager and Prometheus; wait for them.
+
+    Call it once the services are ready: as in Kubernetes, where a ServiceMonitor's targets are
+    the ready endpoints of a Service, a service still starting is not yet a target (its failed
+    scrapes would count against the availability SLO).
+    """
+    from reference_app.run import wait_until
+
+    prometheus, alertmanager = binaries()
+    folder = layout.data / "monitoring"
+    folder.mkdir(parents=True, exist_ok=True)
+    sink = _url(layout.alert_sink_port)
+    (folder / "alertmanager.yml").write_text(
+        rules.dump(rules.local_alertmanager_config(sink)), encoding="utf-8"
+    )
+    config = rules.local_prometheus_config(
+        {service.app_id: service.port for service in layout.services.values()},
+        str(rules.RULES),
+        sidecar_metrics_ports=[service.metrics_port for service in layout.services.values()],
+        kafka_exporter_port=layout.kafka_exporter_port,
+        alertmanager=f"127.0.0.1:{layout.alertmanager_port}",
+    )
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
+    env = dict(os.environ)
+    system.start(
+        "alert-sink",
+        [
+            sys.executable, "-m", "reference_app.alert_sink",
+            "--port", str(layout.alert_sink_port), "--dir", str(layout.alerts),
+        ],
+        env,
+    )  # fmt: skip
+    system.start(
+        "alertmanager",
+        [
+            alertmanager,
+            f"--config.file={folder / 'alertmanager.yml'}",
+            f"--storage.path={folder / 'alertmanager'}",
+            f"--web.listen-address=127.0.0.1:{layout.alertmanager_port}",
+            f"--web.external-url={_url(layout.alertmanager_port)}",
+            "--cluster.listen-address=",  # empty: no gossip, no peers
+        ],
+        env,
+    )
+    system.start(
+        "prometheus",
+        [
+            prometheus,
+            f"--config.file={folder / 'prometheus.yml'}",
+            f"--storage.tsdb.path={folder / 'prometheus'}",
+            f"--web.listen-address=127.0.0.1:{layout.prometheus_port}",
+            f"--web.external-url={_url(layout.prometheus_port)}",
+        ],
+        env,
+    )
+    for name, port in (
+        ("alertmanager", layout.alertmanager_port),
+        ("prometheus", layout.prometheus_port),
+    ):
+        wait_until(f"{name} ready", functools.partial(_ready, port), system, 60, out)
+
+
+def _ready(port: int) -> bool:
+    import httpx
+
+    return bool(httpx.get(f"{_url(port)}/-/ready", timeout=2.0).status_code == 200)
+
+
+def _get(url: str, **params: str) -> Any:
+    import httpx
+
+    response = httpx.get(url, params=params, timeout=10.0)
+    response.raise_for_status()
+    return response.json()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One scrape target as Prometheus sees it."""
+
+    job: str
+    url: str
+    health: str
+    error: str
+
+
+def targets(layout: Layout) -> list[Target]:
+    """Prometheus' active targets, by job and URL."""
+    body = _get(f"{_url(layout.prometheus_port)}/api/v1/targets", state="active")
+    return sorted(
+        (
+            Target(t["labels"]["job"], t["scrapeUrl"], t["health"], t.get("lastError", ""))
+            for t in body["data"]["activeTargets"]
+        ),
+        key=lambda t: (t.job, t.url),
+    )
+
+
+def expected_targets(layout: Layout) -> int:
+    """How many targets the configuration names: four services, four sidecars, the exporter."""
+    return 2 * len(layout.services) + 1
+
+
+def alerts(layout: Layout) -> list[dict[str, Any]]:
+    """Prometheus' alerts now, pending and firing (`GET /api/v1/alerts`)."""
+    found: list[dict[str, Any]] = _get(f"{_url(layout.prometheus_port)}/api/v1/alerts")["data"][
+        "alerts"
+    ]
+    return found
+
+
+def alerting_rules(layout: Layout) -> int:
+    """How many alerting rules Prometheus has loaded."""
+    body = _get(f"{_url(layout.prometheus_port)}/api/v1/rules", type="alert")
+    return sum(len(group["rules"]) for group in body["data"]["groups"])
+
+
+def graph_link(layout: Layout, exprs: list[str], range_input: str = "30m") -> str:
+    """A Prometheus graph page showing `exprs`, one graph each."""
+    params: dict[str, str] = {}
+    for index, expr in enumerate(exprs):
+        params[f"g{index}.expr"] = expr
+        params[f"g{index}.tab"] = "0"
+        params[f"g{index}.range_input"] = range_input
+    return f"{_url(layout.prometheus_port)}/graph?{urllib.parse.urlencode(params)}"
+
+
+def graph_links(layout: Layout) -> list[tuple[str, str]]:
+    """(dashboard / panel, link) for each panel of the RED and SLO dashboards."""
+    panels: dict[tuple[str, str], list[str]] = {}
+    for query in queries.queries():
+        if query.dashboard in GRAPH_DASHBOARDS:
+            expr = query.concrete(rate_interval="1m", range_="1h")
+            exprs = panels.setdefault((query.dashboard, query.panel), [])
+            if expr not in exprs:
+                exprs.append(expr)
+    return [
+        (f"{dashboard} / {panel}", graph_link(layout, exprs))
+        for (dashboard, panel), exprs in panels.items()
+    ]
+
+
+def _describe(alert: dict[str, Any]) -> str:
+    labels = alert["labels"]
+    where = ", ".join(
+        f"{key}={labels[key]}" for key in ("job", "check", "app_id", "topic") if key in labels
+    )
+    return f"{labels['alertname']} ({labels.get('severity', '?')}{', ' + where if where else ''})"
+
+
+def show_monitoring(layout: Layout, system: System, out: TextIO) -> None:
+    """Every target's health, the alerts, the URLs to open and the graph links."""
+    from reference_app.run import wait_until
+
+    out.write("\nMonitoring (Prometheus scrapes every 5 s)\n")
+    wanted = expected_targets(layout)
+
+    def all_up() -> bool:
+        found = targets(layout)
+        return len(found) == wanted and all(t.health == "up" for t in found)
+
+    wait_until(f"Prometheus scrapes all {wanted} targets", all_up, system, 60, out)
+    # A rule evaluated before the first scrapes (ServiceDown on absent(up)) may still be
+    # pending: the state shown is the one after two evaluations on the scraped data.
+    time.sleep(2 * 5 + 1)
+    system.check_alive()
+    for target in targets(layout):
+        error = f"  ({target.error})" if target.error else ""
+        out.write(f"  {target.health:<5} {target.job:<24} {target.url}{error}\n")
+    current = alerts(layout)
+    firing = [a for a in current if a["state"] == "firing"]
+    pending = [a for a in current if a["state"] == "pending"]
+    out.write(
+        f"  alerts: {alerting_rules(layout)} alerting rules loaded; "
+        f"firing: {', '.join(map(_describe, firing)) or 'none'}; "
+        f"pending: {', '.join(map(_describe, pending)) or 'none'}\n"
+    )
+    out.write("\nOpen\n")
+    out.write(f"  {'Prometheus':<24} {_url(layout.prometheus_port)}/targets   /alerts   /graph\n")
+    out.write(f"  {'Alertmanager':<24} {_url(layout.alertmanager_port)}\n")
+    out.write(
+        f"  {'alert sink':<24} {_url(layout.alert_sink_port)}   notifications in "
+        f"{layout.alerts}/<receiver>.jsonl\n"
+    )
+    for service in layout.services.values():
+        out.write(
+            f"  {service.app_id + ' sidecar':<31} "
+            f"http://127.0.0.1:{service.metrics_port}/metrics (daprd's metrics)\n"
+        )
+    out.write(
+        f"  {'kafka exporter':<31} http://127.0.0.1:{layout.kafka_exporter_port}/metrics "
+        "(kafka_exporter's metrics of the broker)\n"
+    )
+    out.write("\nGraphs of the RED and SLO panels\n")
+    for title, link in graph_links(layout):
+        out.write(f"  {title}\n    {link}\n")
+
+
+def drive_smtp_fault(layout: Layout, system: System, out: TextIO) -> dict[str, Any]:
+    """Take the SMTP sink down until an alert fires and a receiver is notified; then bring it back.
+
+    Returns:
+        The notification the alert sink kept.
+    """
+    from reference_app import run
+
+    out.write("\nFault: the SMTP server is down\n")
+    kept = len(alert_sink.notifications(layout.alerts))
+    sink = system.processes["smtp-sink"]
+    sink.terminate()
+    sink.wait(timeout=10)
+    out.write(
+        "  ✗ smtp sink stopped; notification-service's smtp check fails from its next scrape\n"
+    )
+    found: dict[str, Any] = {}
+
+    def firing() -> bool:
+        active = [a for a in alerts(layout) if a["state"] == "firing"]
+        if active:
+            found["alert"] = active[0]
+        return bool(active)
+
+    def notified() -> bool:
+        for item in alert_sink.notifications(layout.alerts)[kept:]:
+            if item["notification"].get("status") == "firing":
+                found["notification"] = item
+                return True
+        return False
+
+    try:
+        # HealthCheckFailing waits 2 minutes (`for: 2m`) before it fires.
+        run.wait_until("an alert fires", firing, system, 240, out)
+        out.write(f"    {_describe(found['alert'])}: {found['alert']['annotations']['summary']}\n")
+        run.wait_until("Alertmanager notifies its receiver", notified, system, 60, out)
+    finally:
+        system.start(
+            "smtp-sink",
+            [
+                sys.executable, "-m", "reference_app.smtp_sink",
+                "--port", str(layout.smtp_port), "--dir", str(layout.mail),
+            ],
+            run.base_env(layout),
+        )  # fmt: skip
+    item: dict[str, Any] = found["notification"]
+    names = sorted({a["labels"]["alertname"] for a in item["notification"].get("alerts", [])})
+    out.write(
+        f"    receiver {item['receiver']} got {', '.join(names)} "
+        f"(kept in {layout.alerts / (item['receiver'] + '.jsonl')})\n"
+        "  ✓ smtp sink started again\n"
+    )
+    return item
