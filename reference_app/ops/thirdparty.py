@@ -2,9 +2,11 @@
 
 Dashboards and alert rules query metrics that neither catalogue declares: the Dapr sidecar's
 and control plane's, kafka_exporter's, kube-state-metrics', the kubelet's cAdvisor's and
-Prometheus' own `up`. Our services cannot emit them, so no scrape of the reference system
-checks them; instead every such name a query uses must be listed here, copied from the
-documentation linked above its group, and a test fails on any name that is not.
+Prometheus' own `up`. Our services cannot emit them; every such name a query uses must be
+listed here, copied from the documentation linked above its group, and a test fails on any
+name that is not. Locally the sidecar emulator serves the sidecars' and the broker's under these
+names (`todo_observability.testing.sidecar.metrics`), so a real Prometheus scraping `./dev demo`
+checks those queries too; what only a cluster has is in `CLUSTER_ONLY`.
 
 Histograms are listed by their base name (the `_bucket`, `_sum` and `_count` series a query
 uses map back to it through `base_name()`).
@@ -17,7 +19,7 @@ from typing import Literal
 
 from reference_app.ops.catalogue import HISTOGRAM_SERIES
 
-__all__ = ["THIRD_PARTY", "ThirdPartyMetric", "base_name", "lookup"]
+__all__ = ["CLUSTER_ONLY", "NOT_EMULATED", "THIRD_PARTY", "ThirdPartyMetric", "base_name", "lookup"]
 
 Source = Literal[
     "dapr", "dapr-sentry", "kafka_exporter", "kube-state-metrics", "cadvisor", "prometheus"
@@ -63,10 +65,16 @@ THIRD_PARTY: dict[str, ThirdPartyMetric] = {
     "dapr_component_job_failure_count": ThirdPartyMetric(
         "dapr", "counter", ("app_id", "namespace", "operation")
     ),
+    "dapr_component_job_latencies": ThirdPartyMetric(
+        "dapr", "histogram", ("app_id", "namespace", "operation", "success")
+    ),
     "dapr_http_server_request_count": ThirdPartyMetric(
         "dapr", "counter", ("app_id", "method", "path", "status")
     ),
     "dapr_http_server_latency": ThirdPartyMetric(
+        "dapr", "histogram", ("app_id", "method", "path", "status")
+    ),
+    "dapr_http_client_roundtrip_latency": ThirdPartyMetric(
         "dapr", "histogram", ("app_id", "method", "path", "status")
     ),
     "dapr_http_client_completed_count": ThirdPartyMetric(
@@ -109,11 +117,17 @@ THIRD_PARTY: dict[str, ThirdPartyMetric] = {
     "kafka_topic_partition_current_offset": ThirdPartyMetric(
         "kafka_exporter", "gauge", ("topic", "partition")
     ),
+    "kafka_topic_partition_oldest_offset": ThirdPartyMetric(
+        "kafka_exporter", "gauge", ("topic", "partition")
+    ),
     "kafka_topic_partition_in_sync_replica": ThirdPartyMetric(
         "kafka_exporter", "gauge", ("topic", "partition")
     ),
     "kafka_topic_partition_under_replicated_partition": ThirdPartyMetric(
         "kafka_exporter", "gauge", ("topic", "partition")
+    ),
+    "kafka_consumergroup_current_offset": ThirdPartyMetric(
+        "kafka_exporter", "gauge", ("consumergroup", "topic", "partition")
     ),
     "kafka_consumergroup_current_offset_sum": ThirdPartyMetric(
         "kafka_exporter", "gauge", ("consumergroup", "topic")
@@ -156,6 +170,20 @@ THIRD_PARTY: dict[str, ThirdPartyMetric] = {
     "up": ThirdPartyMetric("prometheus", "gauge"),
 }
 """Documented third-party metric names → where they come from and their labels."""
+
+CLUSTER_ONLY: frozenset[str] = frozenset(
+    name
+    for name, metric in THIRD_PARTY.items()
+    if metric.source in ("dapr-sentry", "kube-state-metrics", "cadvisor")
+    or name.startswith("dapr_runtime_mtls_")
+)
+"""The third-party metrics only a cluster has: mTLS and the Sentry CA, the kubelet's cAdvisor and
+kube-state-metrics. A dashboard query on them has data in a cluster only; every other one has
+data from `./dev demo` (tests/reference_app/ops/test_local_monitoring.py)."""
+
+NOT_EMULATED: frozenset[str] = frozenset({"dapr_runtime_component_init_fail_total"})
+"""daprd series the sidecar emulator has no cause for: its components are in memory and never
+fail to initialise (no alert or panel reads it; the runbooks do)."""
 
 
 def base_name(series: str) -> str:

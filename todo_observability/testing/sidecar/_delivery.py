@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -549,6 +550,7 @@ class Consumer:
         status: int | None = None
         app_status: str | None = None
         error: str | None = None
+        start = time.perf_counter()
         try:
             response = await context.call_app("POST", message.route, headers, message.body)
         except httpx.HTTPError as exc:
@@ -557,6 +559,7 @@ class Consumer:
         else:
             status = response.status_code
             outcome, app_status, error = _app_answer(response, message.event_id)
+        elapsed_ms = (time.perf_counter() - start) * 1000
         if span is not None:
             SidecarTracing.end_span(span, status, error)
         if error is not None:
@@ -580,6 +583,7 @@ class Consumer:
                 error=error,
                 headers=dict(headers),
                 body=message.body,
+                elapsed_ms=elapsed_ms,
             )
         )
         return outcome, status

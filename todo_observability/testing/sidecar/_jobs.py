@@ -532,6 +532,7 @@ class JobScheduler:
             status: int | None = None
             error: str | None = None
             outcome: TriggerOutcome
+            start = time.perf_counter()
             try:
                 response = await context.call_app("POST", path, headers, body)
             except httpx.HTTPError as exc:
@@ -557,6 +558,7 @@ class JobScheduler:
                     error=error,
                     headers=dict(headers),
                     body=body,
+                    elapsed_ms=(time.perf_counter() - start) * 1000,
                 )
             )
             if outcome != "failure":

@@ -59,12 +59,16 @@ _KAFKA_EXPORTER_DOCS = "https://github.com/danielqsj/kafka_exporter#metrics"
 
 SOURCES: dict[str, str] = {
     "dapr_component_pubsub_ingress_count": _DAPR_DOCS,
+    "dapr_component_pubsub_ingress_latencies": _DAPR_DOCS,
     "dapr_component_pubsub_egress_count": _DAPR_DOCS,
     "dapr_component_pubsub_egress_latencies": _DAPR_DOCS,
     "dapr_component_job_success_count": _DAPR_DOCS,
     "dapr_component_job_failure_count": _DAPR_DOCS,
+    "dapr_component_job_latencies": _DAPR_DOCS,
     "dapr_http_server_request_count": _DAPR_DOCS,
     "dapr_http_server_latency": _DAPR_DOCS,
+    "dapr_http_client_completed_count": _DAPR_DOCS,
+    "dapr_http_client_roundtrip_latency": _DAPR_DOCS,
     "dapr_runtime_service_invocation_req_sent_total": _DAPR_DOCS,
     "dapr_runtime_service_invocation_res_recv_total": _DAPR_DOCS,
     "dapr_runtime_service_invocation_res_recv_latency_ms": _DAPR_DOCS,
@@ -102,6 +106,11 @@ _VIEWS = {
             "The number of incoming messages arriving from the pub/sub component.",
         ),
         _View(
+            "dapr_component_pubsub_ingress_latencies",
+            "The consuming app event processing latency.",
+            histogram=True,
+        ),
+        _View(
             "dapr_component_pubsub_egress_count",
             "The number of outgoing messages published to the pub/sub component.",
         ),
@@ -112,9 +121,21 @@ _VIEWS = {
         ),
         _View("dapr_component_job_success_count", "The number of successful job triggers."),
         _View("dapr_component_job_failure_count", "The number of failed job triggers."),
+        _View(
+            "dapr_component_job_latencies",
+            "The latency of the response from the app that processed the triggered job.",
+            histogram=True,
+        ),
         _View("dapr_http_server_request_count", "Number of HTTP requests started in server."),
         _View(
             "dapr_http_server_latency", "HTTP request end to end latency in server.", histogram=True
+        ),
+        _View("dapr_http_client_completed_count", "Count of completed requests."),
+        _View(
+            "dapr_http_client_roundtrip_latency",
+            "Time between first byte of request headers sent to last byte of response "
+            "received, or terminal error.",
+            histogram=True,
         ),
         _View(
             "dapr_runtime_service_invocation_req_sent_total",
@@ -175,21 +196,25 @@ class DaprMetrics(Collector):
             values[-1] += value_ms
 
     def delivery_attempt(self, attempt: DeliveryAttempt) -> None:
-        """Count a delivery to the app: `dapr_component_pubsub_ingress_count`.
+        """Count a delivery to the app: `dapr_component_pubsub_ingress_*`.
 
         `process_status` is daprd's outcome; `status` repeats it, except for an app's explicit
         DROP, which daprd counts as `status="success"` (the app handled it: it chose to drop).
+        daprd counts bulk deliveries under `dapr_component_pubsub_ingress_bulk_*`, which the
+        emulator does not serve.
         """
+        if attempt.bulk:
+            return
         status = "success" if attempt.outcome == "drop" and attempt.app_status == "DROP" else None
-        self._count(
-            "dapr_component_pubsub_ingress_count",
-            {
-                "component": attempt.pubsub,
-                "topic": attempt.topic,
-                "process_status": attempt.outcome,
-                "status": status or attempt.outcome,
-            },
-        )
+        labels = {
+            "component": attempt.pubsub,
+            "topic": attempt.topic,
+            "process_status": attempt.outcome,
+            "status": status or attempt.outcome,
+        }
+        self._count("dapr_component_pubsub_ingress_count", labels)
+        if attempt.elapsed_ms > 0:
+            self._observe("dapr_component_pubsub_ingress_latencies", labels, attempt.elapsed_ms)
 
     def publish(self, component: str, topic: str, *, success: bool, elapsed_ms: float) -> None:
         """Count a publish to the broker: `dapr_component_pubsub_egress_*`."""
@@ -200,18 +225,27 @@ class DaprMetrics(Collector):
 
     def job_trigger(self, trigger: JobTrigger) -> None:
         """Count a job trigger: a 2xx is a success; a 404 and anything else a failure."""
-        name = (
-            "dapr_component_job_success_count"
-            if trigger.outcome == "success"
-            else "dapr_component_job_failure_count"
-        )
+        success = trigger.outcome == "success"
+        name = "dapr_component_job_success_count" if success else "dapr_component_job_failure_count"
         self._count(name, {"operation": _JOB_TRIGGER_OP})
+        if trigger.elapsed_ms > 0:
+            self._observe(
+                "dapr_component_job_latencies",
+                {"operation": _JOB_TRIGGER_OP, "success": str(success).lower()},
+                trigger.elapsed_ms,
+            )
 
     def http_request(self, method: str, path: str, status: int, elapsed_ms: float) -> None:
         """Count a request to the Dapr HTTP API: `dapr_http_server_*`."""
         labels = {"method": method, "path": _path_label(path), "status": str(status)}
         self._count("dapr_http_server_request_count", labels)
         self._observe("dapr_http_server_latency", labels, elapsed_ms)
+
+    def app_request(self, method: str, path: str, status: int, elapsed_ms: float) -> None:
+        """Count a request this sidecar made to its app: `dapr_http_client_*`."""
+        labels = {"method": method, "path": path, "status": str(status)}
+        self._count("dapr_http_client_completed_count", labels)
+        self._observe("dapr_http_client_roundtrip_latency", labels, elapsed_ms)
 
     def invocation(self, target: str, method: str, status: int, elapsed_ms: float) -> None:
         """Count a service invocation this sidecar made for its app, and its answer."""

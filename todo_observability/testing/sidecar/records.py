@@ -52,6 +52,7 @@ class DeliveryAttempt:
         body: The body sent.
         bulk: Whether this was a bulk delivery.
         entry_id: The bulk entry id.
+        elapsed_ms: How long the request to the app took, in milliseconds.
     """
 
     app_id: str
@@ -71,6 +72,7 @@ class DeliveryAttempt:
     body: bytes = b""
     bulk: bool = False
     entry_id: str | None = None
+    elapsed_ms: float = 0.0
 
     def event(self) -> Any:
         """The body decoded as JSON (the CloudEvent, or the bulk envelope).
@@ -128,6 +130,7 @@ class JobTrigger:
         error: Why the request failed, when it did.
         headers: The headers sent.
         body: The body sent (the job's `data`).
+        elapsed_ms: How long the request to the app took, in milliseconds.
     """
 
     app_id: str
@@ -139,3 +142,4 @@ class JobTrigger:
     error: str | None
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    elapsed_ms: float = 0.0

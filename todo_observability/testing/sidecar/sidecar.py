@@ -592,7 +592,11 @@ class Sidecar:
             raise httpx.ConnectError("the sidecar is not started")
         url = client.base_url.copy_with(raw_path=raw_path) if raw_path is not None else path
         request = client.build_request(method, url, headers=_encode_headers(headers), content=body)
-        return await client.send(request, stream=stream)
+        start = time.perf_counter()
+        response = await client.send(request, stream=stream)
+        elapsed_ms = (time.perf_counter() - start) * 1000
+        self.metrics.app_request(method, request.url.path, response.status_code, elapsed_ms)
+        return response
 
     async def _wait_for_app(self) -> None:
         if self._app_transport is not None or not self.app_port:
