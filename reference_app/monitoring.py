@@ -272,23 +272,63 @@ def show_monitoring(layout: Layout, system: System, out: TextIO) -> None:
         out.write(f"  {title}\n    {link}\n")
 
 
+FAULT_TITLE = "Renew the passport"
+"""The task whose reminder falls due while the SMTP server is down."""
+
+
+def _parked(url: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = _get(f"{url}/dapr/dead-letters")["parked"]
+    return found
+
+
 def drive_smtp_fault(layout: Layout, system: System, out: TextIO) -> dict[str, Any]:
-    """Take the SMTP sink down until an alert fires and a receiver is notified; then bring it back.
+    """The SMTP server down while a reminder falls due, until an alert fires and is routed.
+
+    The reminder's e-mail fails, its job trigger is retried, then parked; notification-service's
+    `smtp` check fails, `HealthCheckFailing` fires after its `for: 2m` and Alertmanager routes
+    it to its receiver, whose notification the alert sink keeps. Then the SMTP server comes back
+    and the parked reminder is replayed: the e-mail arrives.
 
     Returns:
         The notification the alert sink kept.
     """
-    from reference_app import run
+    from datetime import datetime, timedelta, timezone
 
-    out.write("\nFault: the SMTP server is down\n")
+    import httpx
+
+    from reference_app import run, smtp_sink
+    from reference_app.common import events
+
+    notifications = layout.services[events.NOTIFICATIONS].url
+    out.write("\nFault: the SMTP server is down while a reminder falls due\n")
     kept = len(alert_sink.notifications(layout.alerts))
-    sink = system.processes["smtp-sink"]
+    parked_before = {item["park_id"] for item in _parked(notifications)}
+    mail_before = set(smtp_sink.messages(layout.mail))
+    sink = system.processes.pop("smtp-sink")
     sink.terminate()
     sink.wait(timeout=10)
-    out.write(
-        "  ✗ smtp sink stopped; notification-service's smtp check fails from its next scrape\n"
-    )
+    out.write(f"  ✗ smtp sink stopped (127.0.0.1:{layout.smtp_port} refuses connections)\n")
     found: dict[str, Any] = {}
+    with httpx.Client(base_url=layout.services[events.FRONTEND].url, timeout=30.0) as browser:
+        signed_in = browser.post("/login", data={"user_id": "alice"})
+        if signed_in.status_code >= 400:
+            raise SystemExit(f"sign-in failed: {signed_in.status_code} {signed_in.text[:300]}")
+        due_at = datetime.now(timezone.utc) + timedelta(minutes=15, seconds=3)
+        created = browser.post(
+            "/api/tasks",
+            json={"title": FAULT_TITLE, "due_at": due_at.isoformat(), "remind_minutes_before": 15},
+        )
+        if created.status_code != 201:
+            raise SystemExit(f"creating the task failed: {created.status_code} {created.text}")
+    out.write(
+        f"  ✓ created task {created.json()['id']} {FAULT_TITLE!r}, reminder in a few seconds\n"
+    )
+
+    def parked() -> bool:
+        new = [item for item in _parked(notifications) if item["park_id"] not in parked_before]
+        if new:
+            found["parked"] = new[0]
+        return bool(new)
 
     def firing() -> bool:
         active = [a for a in alerts(layout) if a["state"] == "firing"]
@@ -303,10 +343,23 @@ def drive_smtp_fault(layout: Layout, system: System, out: TextIO) -> dict[str, A
                 return True
         return False
 
+    def mailed() -> bool:
+        for path in smtp_sink.messages(layout.mail):
+            if path not in mail_before and FAULT_TITLE in path.read_text(errors="replace"):
+                found["mail"] = path
+                return True
+        return False
+
     try:
+        run.wait_until("the reminder fails, is retried, then parked", parked, system, 90, out)
+        item = found["parked"]
+        out.write(
+            f"    parked {item['park_id']}: {item.get('reason')} ({item.get('detail', '')})\n"
+        )
         # HealthCheckFailing waits 2 minutes (`for: 2m`) before it fires.
-        run.wait_until("an alert fires", firing, system, 240, out)
-        out.write(f"    {_describe(found['alert'])}: {found['alert']['annotations']['summary']}\n")
+        run.wait_until("an alert fires", firing, system, 240, out, every=30)
+        alert = found["alert"]
+        out.write(f"    {_describe(alert)}: {alert['annotations']['summary']}\n")
         run.wait_until("Alertmanager notifies its receiver", notified, system, 60, out)
     finally:
         system.start(
@@ -317,11 +370,22 @@ def drive_smtp_fault(layout: Layout, system: System, out: TextIO) -> dict[str, A
             ],
             run.base_env(layout),
         )  # fmt: skip
-    item: dict[str, Any] = found["notification"]
-    names = sorted({a["labels"]["alertname"] for a in item["notification"].get("alerts", [])})
-    out.write(
-        f"    receiver {item['receiver']} got {', '.join(names)} "
-        f"(kept in {layout.alerts / (item['receiver'] + '.jsonl')})\n"
-        "  ✓ smtp sink started again\n"
+    notification: dict[str, Any] = found["notification"]
+    names = sorted(
+        {a["labels"]["alertname"] for a in notification["notification"].get("alerts", [])}
     )
-    return item
+    out.write(
+        f"    receiver {notification['receiver']} got {', '.join(names)} "
+        f"(kept in {run._shown(layout.alerts / (notification['receiver'] + '.jsonl'))})\n"
+    )
+    out.write("  ✓ smtp sink started again\n")
+    run.wait_until(
+        "notification-service ready again", lambda: run.ready(notifications), system, 60, out
+    )
+    replayed = httpx.post(f"{notifications}/dapr/dead-letters/replay", timeout=60.0)
+    if replayed.status_code != 200:
+        raise SystemExit(f"replaying the park failed: {replayed.status_code} {replayed.text}")
+    out.write("  ✓ replayed the parked reminder (POST /dapr/dead-letters/replay)\n")
+    run.wait_until("the reminder e-mail arrives", mailed, system, 60, out)
+    out.write(f"    {run._shown(found['mail'])}\n")
+    return notification

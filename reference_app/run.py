@@ -292,9 +292,15 @@ def start_system(layout: Layout, out: TextIO) -> System:
 
 
 def wait_until(
-    what: str, check: Callable[[], bool], system: System, timeout: float, out: TextIO
+    what: str,
+    check: Callable[[], bool],
+    system: System,
+    timeout: float,
+    out: TextIO,
+    *,
+    every: int = 5,
 ) -> float:
-    """Poll `check` until it holds, showing progress; the seconds it took."""
+    """Poll `check` until it holds, showing progress every `every` seconds; the seconds it took."""
     start = time.monotonic()
     shown = 0
     while True:
@@ -310,7 +316,7 @@ def wait_until(
             raise SystemExit(
                 f"gave up waiting for: {what} (after {timeout:.0f} s); see {system.layout.logs}"
             )
-        if int(waited) >= shown + 5:
+        if int(waited) >= shown + every:
             shown = int(waited)
             out.write(f"    … still waiting: {what} ({shown} s)\n")
             out.flush()
