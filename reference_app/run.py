@@ -2,16 +2,21 @@
 
     python -m reference_app                 # start, run the scenario, show, stop
     python -m reference_app --keep-running  # ... and leave it running to explore in a browser
+    python -m reference_app --faults        # ... then take SMTP down until an alert is routed
 
-It starts, on loopback: the Dapr sidecar emulator (one sidecar per app id, one process), the
-four services as separate uvicorn processes, an SMTP sink that keeps received mail, SQLite files
-in the data folder, and spans written as Zipkin v2 JSON to a file (also sent to Zipkin when
-`--zipkin-endpoint` is given). The scenario: alice creates "Daily standup at 9am" (DAILY, reminder
-15 minutes before a due time 15 minutes and a few seconds away), the reminder fires and the e-mail
-arrives, she completes the task and the next occurrence appears (completing a task first would
-cancel its reminder). Then it shows the completion trace as a tree,
-the request id found in every service's log, each service's readiness and the key RED numbers.
-Ctrl-C stops everything cleanly (spans flushed, no process left behind).
+It starts, on loopback: the Dapr sidecar emulator (one sidecar per app id, one process, each
+sidecar's metrics on its own port, the broker's under kafka_exporter's names), the four services
+as separate uvicorn processes, an SMTP sink that keeps received mail, SQLite files in the data
+folder, and spans written as Zipkin v2 JSON to a file (also sent to Zipkin when
+`--zipkin-endpoint` is given); once the services are ready, Prometheus, Alertmanager and an
+alert sink (`reference_app.monitoring`; `--no-monitoring` leaves them out). The scenario: alice
+creates "Daily standup at 9am" (DAILY, reminder 15 minutes before a due time 15 minutes and a
+few seconds away), the reminder fires and the e-mail arrives, she completes the task and the
+next occurrence appears (completing a task first would cancel its reminder). Then it shows the
+completion trace as a tree, the request id found in every service's log, each service's
+readiness, the key RED numbers, every Prometheus target and the alerts, the URLs to open and
+graph links for the RED and SLO panels. Ctrl-C, SIGTERM (`kill`) and SIGHUP (the terminal
+closed) stop everything cleanly (spans flushed, no process left behind).
 """
 
 from __future__ import annotations

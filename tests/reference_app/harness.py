@@ -40,10 +40,14 @@ def run_system(data: Path, *options: str) -> str:
     raise AssertionError("no free block of ports found")
 
 
-def free_layout(data: Path, zipkin_endpoint: str | None = None) -> run.Layout:
-    """The system's layout on a block of ports nothing listens on now."""
+def free_layout(
+    data: Path, zipkin_endpoint: str | None = None, *, monitoring: bool = False
+) -> run.Layout:
+    """The system's layout on a block of ports nothing listens on now (with `monitoring`,
+    Prometheus', Alertmanager's and the alert sink's too)."""
     for _ in range(10):
         layout = run.Layout.at(data, random.randrange(*BASE_PORTS, 10), zipkin_endpoint)
+        layout.monitoring = monitoring
         if not any(run._port_taken(port) for port in layout.ports()):
             return layout
     raise AssertionError("no free block of ports found")

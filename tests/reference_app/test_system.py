@@ -8,9 +8,12 @@ against the files it left: the e-mail in the mail folder, the spans in the span 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -24,7 +27,11 @@ pytestmark = pytest.mark.slow
 
 def test_the_scenario_runs_to_the_end_and_shows_its_observability(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    out = run_system(data)
+    # A reminder an earlier run left in the mail folder is not this run's.
+    earlier = data / "mail" / "0001-20260101T090000.eml"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("Subject: Reminder: Daily standup at 9am\nTo: alice@todo.local\n\nold\n")
+    out = run_system(data, "--no-monitoring")
 
     # The scenario: created, completed, next occurrence, e-mail.
     assert "✓ signed in as alice" in out
@@ -32,8 +39,11 @@ def test_the_scenario_runs_to_the_end_and_shows_its_observability(tmp_path: Path
     assert created, out
     assert "✓ the next occurrence appears" in out
     assert "✓ the reminder e-mail arrives" in out
-    [mail] = list((data / "mail").glob("*.eml"))
-    message = mail.read_text()
+    reported = re.search(r"^    (\S+\.eml): Subject: ", out, re.M)
+    assert reported, out
+    assert Path(reported[1]).name != earlier.name, out
+    assert sorted(p.name for p in (data / "mail").glob("*.eml"))[0] == earlier.name
+    message = (data / "mail" / Path(reported[1]).name).read_text()
     assert "Subject: Reminder: Daily standup at 9am" in message
     assert "To: alice@todo.local" in message
 
@@ -99,32 +109,33 @@ def children_of(pid: int) -> list[str]:
     return found
 
 
-def test_ctrl_c_stops_every_process_and_flushes_spans(tmp_path: Path) -> None:
-    import os
-    import signal
-    import time
-
+@pytest.mark.parametrize(
+    ("signum", "options", "processes"),
+    [
+        # Prometheus, Alertmanager and the alert sink besides the system's six.
+        pytest.param(signal.SIGINT, [], 9, id="ctrl-c"),
+        pytest.param(signal.SIGTERM, ["--no-monitoring"], 6, id="kill"),
+        pytest.param(signal.SIGHUP, ["--no-monitoring"], 6, id="terminal-closed"),
+    ],
+)
+def test_a_stop_signal_stops_every_process_and_flushes_spans(
+    tmp_path: Path, signum: signal.Signals, options: list[str], processes: int
+) -> None:
     data = tmp_path / "data"
-    base = free_layout(data).services["frontend"].port
+    base = free_layout(data, monitoring=not options).services["frontend"].port
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "reference_app",
-            "--data",
-            str(data),
-            "--base-port",
-            str(base),
-            "--no-scenario",
+            sys.executable, "-m", "reference_app", "--data", str(data),
+            "--base-port", str(base), "--no-scenario", *options,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
+    )  # fmt: skip
     assert process.stdout is not None
     lines: list[str] = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         lines.append(line)
@@ -132,11 +143,11 @@ def test_ctrl_c_stops_every_process_and_flushes_spans(tmp_path: Path) -> None:
             break
     assert lines[-1].startswith("Running."), "".join(lines)
     children = children_of(process.pid)
-    assert len(children) == 6  # the SMTP sink, the sidecars, four services
+    assert len(children) == processes
     httpx.get(f"http://127.0.0.1:{base + 1}/health/ready", timeout=5)  # a span-free probe
     httpx.get(f"http://127.0.0.1:{base + 1}/tasks", timeout=5)  # a 401, traced
 
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     rest, _ = process.communicate(timeout=60)
     assert process.returncode == 0, rest
     assert "Stopping" in rest
