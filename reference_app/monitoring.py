@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import yaml
 
 from reference_app import alert_sink
-from reference_app.ops import queries, rules
+from reference_app.ops import rules
 
 if TYPE_CHECKING:
     from reference_app.run import Layout, System
@@ -42,8 +42,11 @@ __all__ = [
     "targets",
 ]
 
-GRAPH_DASHBOARDS = ("todo-service-red", "todo-slos")
-"""The dashboards whose panels the report links to as Prometheus graphs."""
+GRAPH_DASHBOARDS = ("service-red", "slos")
+"""The dashboards whose panels the report links to as Prometheus graphs (their committed JSON in
+`reference_app/deploy/monitoring/grafana/dashboards/`, read as is: running the demo needs no
+dashboard generator)."""
+DASHBOARDS = rules.DEPLOY / "monitoring" / "grafana" / "dashboards"
 
 _INSTALL = (
     "{binary} is not installed: install the Debian package {package} "
@@ -201,19 +204,31 @@ def graph_link(layout: Layout, exprs: list[str], range_input: str = "30m") -> st
     return f"{_url(layout.prometheus_port)}/graph?{urllib.parse.urlencode(params)}"
 
 
+def _concrete(expr: str) -> str:
+    """A panel query with Grafana's variables replaced as the report's graphs show it."""
+    return expr.replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$job", ".+")
+
+
 def graph_links(layout: Layout) -> list[tuple[str, str]]:
     """(dashboard / panel, link) for each panel of the RED and SLO dashboards."""
-    panels: dict[tuple[str, str], list[str]] = {}
-    for query in queries.queries():
-        if query.dashboard in GRAPH_DASHBOARDS:
-            expr = query.concrete(rate_interval="1m", range_="1h")
-            exprs = panels.setdefault((query.dashboard, query.panel), [])
-            if expr not in exprs:
-                exprs.append(expr)
-    return [
-        (f"{dashboard} / {panel}", graph_link(layout, exprs))
-        for (dashboard, panel), exprs in panels.items()
-    ]
+    import json
+
+    links = []
+    for name in GRAPH_DASHBOARDS:
+        model = json.loads((DASHBOARDS / f"{name}.json").read_text(encoding="utf-8"))
+        panels = []
+        for panel in model.get("panels", []):
+            panels.append(panel)
+            panels.extend(panel.get("panels", []))
+        for panel in panels:
+            exprs: list[str] = []
+            for target in panel.get("targets", []):
+                expr = _concrete(target["expr"])
+                if expr not in exprs:
+                    exprs.append(expr)
+            if exprs:
+                links.append((f"{model['title']} / {panel['title']}", graph_link(layout, exprs)))
+    return links
 
 
 def _describe(alert: dict[str, Any]) -> str:
