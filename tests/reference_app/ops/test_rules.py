@@ -180,4 +180,11 @@ def test_the_local_prometheus_configuration_is_valid_and_loads_the_rules() -> No
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 1 rule files found" in checked.stdout
     config = yaml.safe_load(rules.PROMETHEUS_CONFIG.read_text())
-    assert {job["job_name"] for job in config["scrape_configs"]} == set(slos.SERVICES)
+    assert {job["job_name"] for job in config["scrape_configs"]} == {
+        *slos.SERVICES,
+        rules.SIDECAR_JOB,
+        rules.KAFKA_EXPORTER_JOB,
+    }
+    # The local Alertmanager of `./dev demo`.
+    [alertmanagers] = config["alerting"]["alertmanagers"]
+    assert alertmanagers["static_configs"] == [{"targets": ["127.0.0.1:9093"]}]
