@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import IO, TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from todo_observability.health.model import Check
 
 __all__ = ["configure"]
+
+_log = logging.getLogger("todo_observability")
 
 
 def configure(
@@ -201,7 +204,18 @@ def configure(
 
 def _install(app: Any, obs: Observability) -> Callable[[], None]:
     """Make `obs` observe `app`; returns what undoes it."""
+    previous_build = vars(app).get("build_middleware_stack")
     build = app.build_middleware_stack
+    # opentelemetry-instrumentation-fastapi (by `opentelemetry-instrument`, or
+    # FastAPIInstrumentor) wraps the stack in its own server middleware and keeps the
+    # original: we build from the original, so each request has one server span, ours.
+    original = getattr(app, "_original_build_middleware_stack", None)
+    if getattr(app, "_is_instrumented_by_opentelemetry", False) and callable(original):
+        build = original
+        _log.info(
+            "opentelemetry-instrumentation-fastapi's server middleware is left out of this "
+            "app: todo-observability makes its server spans"
+        )
 
     def build_middleware_stack() -> Any:
         # Outermost, around Starlette's ServerErrorMiddleware: we see (and tag
@@ -234,7 +248,10 @@ def _install(app: Any, obs: Observability) -> Callable[[], None]:
         telemetry["tracing"] = False  # type: ignore[index]
 
     def uninstall() -> None:
-        vars(app).pop("build_middleware_stack", None)
+        if previous_build is None:
+            vars(app).pop("build_middleware_stack", None)
+        else:
+            app.build_middleware_stack = previous_build
         if router.lifespan_context is lifespan:
             router.lifespan_context = app_lifespan
         if restore_fastapi_tracing:
