@@ -26,6 +26,7 @@ from todo_observability.exceptions import ConfigurationError
 from todo_observability.testing.sidecar import _cloudevents, _json
 from todo_observability.testing.sidecar._delivery import Consumer, DeliveryContext
 from todo_observability.testing.sidecar._errors import DaprApiError
+from todo_observability.testing.sidecar._gohttp import GoServerHeaders, first_value, first_values
 from todo_observability.testing.sidecar._jobs import JobContext, JobScheduler, parse_job_request
 from todo_observability.testing.sidecar._state import (
     ETagInvalidError,
@@ -237,8 +238,9 @@ class _ApiMiddleware:
         if not tracing.enabled or path.startswith("/emulator/"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        parent = parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+        raw: RawHeaders = scope["headers"]
+        # Go's `Header.Get`: the first of repeated headers counts.
+        parent = parse_traceparent(first_value(raw, "traceparent"), first_value(raw, "tracestate"))
         span = tracing.start_span(path, SpanKind.CLIENT, parent)
         scope = dict(scope)
         scope["state"] = {**scope.get("state", {}), _SPAN: span}
@@ -733,7 +735,7 @@ class Sidecar:
         ]
         return Starlette(
             routes=routes,
-            middleware=[Middleware(_ApiMiddleware, sidecar=self)],
+            middleware=[Middleware(GoServerHeaders), Middleware(_ApiMiddleware, sidecar=self)],
             exception_handlers={DaprApiError: self._on_api_error},
         )
 
@@ -1017,10 +1019,12 @@ class Sidecar:
             httpx.HTTPError: the app could not be reached.
         """
         span: Span | None = None
-        forwarded = list(headers)
+        # daprd carries the caller's headers as metadata and sets the first value of each.
+        forwarded = first_values(headers)
         if self.tracing.enabled:
-            values = {k.decode("latin-1"): v.decode("latin-1") for k, v in forwarded}
-            parent = parse_traceparent(values.get("traceparent"), values.get("tracestate"))
+            parent = parse_traceparent(
+                first_value(forwarded, "traceparent"), first_value(forwarded, "tracestate")
+            )
             span = self.tracing.start_span(
                 f"CallLocal/{self.app_id}/{method}",
                 SpanKind.SERVER,
@@ -1058,10 +1062,11 @@ class Sidecar:
             raise
         if span is not None:
             SidecarTracing.end_span(span, response.status_code)
+        # Only the first value of a repeated response header reaches the caller (see _gohttp).
         response_headers = [
-            (n.lower(), v)
-            for n, v in response.headers.raw
-            if n.lower() not in _HOP_BY_HOP and n.lower() != b"content-length"
+            (n, v)
+            for n, v in first_values(response.headers.raw)
+            if n not in _HOP_BY_HOP and n != b"content-length"
         ]
         return response.status_code, response_headers, content
 
