@@ -121,14 +121,15 @@ def _float(value: float) -> str:
     shortest = Decimal(repr(value))
     size = abs(value)
     if 1e-6 <= size < 1e21:
-        return str(int(value)) if value.is_integer() else format(shortest, "f")
+        return format(shortest.normalize(), "f")
     sign, digits, exponent = shortest.as_tuple()
     assert isinstance(exponent, int)
     text = "".join(map(str, digits)).rstrip("0") or "0"
     power = len(digits) - 1 + exponent
     mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
-    written = f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
-    return written[:-2] + written[-1] if power < 0 and written[-2] == "0" else written
+    # Go writes at least two exponent digits, then trims "e-07" to "e-7" (and only that case).
+    exponent_text = f"-{-power}" if power < 0 else f"+{power:02d}"
+    return f"{'-' if sign else ''}{mantissa}e{exponent_text}"
 
 
 def _encode(value: Any, parts: list[str]) -> None:
@@ -288,6 +289,24 @@ def _innermost(doc: str, end: int) -> str:
     return stack[-1] if stack else ""
 
 
+def _constant_at(doc: str) -> int:
+    """Where the first `NaN` or `Infinity` outside strings starts (its letter)."""
+    index, in_string = 0, False
+    while index < len(doc):
+        char = doc[index]
+        if in_string:
+            if char == "\\":
+                index += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "NI":
+            return index
+        index += 1
+    return 0
+
+
 def _syntax_error(exc: json.JSONDecodeError, eof: str) -> GoTypeError:
     """Go's scanner message for what Python's decoder refused at the same place."""
     doc, pos, msg = exc.doc, exc.pos, exc.msg
@@ -325,8 +344,10 @@ def _parse(data: bytes | str, *, stream: bool) -> Any:
         value, end = _DECODER.raw_decode(text, start)
     except json.JSONDecodeError as exc:
         raise _syntax_error(exc, eof) from None
-    except ValueError as exc:  # NaN, Infinity: not JSON values
-        raise GoTypeError(str(exc)) from None
+    except ValueError:  # NaN, Infinity: Python reads them, Go's scanner stops at their letter
+        at = _constant_at(text)
+        context = "in numeric literal" if text[at - 1] == "-" else "looking for beginning of value"
+        raise GoTypeError(f"invalid character {_quote_char(text[at])} {context}") from None
     rest = text[end:].lstrip(_WHITESPACE)
     if rest and not stream:
         # `json.Unmarshal` reads one value; a `json.Decoder` stops after it and ignores the rest.
