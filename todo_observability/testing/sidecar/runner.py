@@ -286,6 +286,7 @@ async def run_sidecars(
                 access_log=False,
                 lifespan="off",
                 server_header=False,  # Go's net/http sends no Server header
+                date_header=False,  # Go adds Date only when missing: GoServerHeaders does
             )
             server = _server(config)
             servers.append(server)
