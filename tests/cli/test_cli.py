@@ -116,6 +116,20 @@ def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
     assert run("trace", str(empty)) == (1, f"{empty}: no spans\n")
 
 
+def test_trace_says_when_the_file_or_the_trace_is_not_there(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(SystemExit, match=r"missing.jsonl: cannot read the span file \(No such file"):
+        run("trace", str(missing))
+    with pytest.raises(SystemExit, match=r"cannot read the span file"):
+        run("trace", str(tmp_path))  # a folder
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps([{"traceId": "a" * 32, "id": "1" * 16, "name": "GET"}]) + "\n")
+    status, out = run("trace", str(spans), "--trace-id", "b" * 32)
+    assert status == 1
+    assert f"no span of trace {'b' * 32}" in out
+    assert run("trace", str(spans), "--trace-id", "A" * 32)[0] == 0
+
+
 def test_config_names_resource_attributes_as_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=recurring")
