@@ -19,9 +19,20 @@ def test_config_shows_each_setting_and_its_source(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OTEL_SERVICE_NAME", "backend")
     status, out = run("config")
     assert status == 0
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert rows["service_name"][1:] == ["backend", "$OTEL_SERVICE_NAME"]
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in out.splitlines()[1:]}
+    assert rows["service_name"][1:] == ["backend", "$OTEL_SERVICE_NAME (beats configure())"]
     assert rows["metrics_path"][1:] == ["/metrics", "default"]
+
+
+def test_config_says_how_each_variable_ranks_against_configure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TODO_OBS_ENVIRONMENT", "prod")
+    monkeypatch.setenv("TODO_OBS_LOG_LEVEL", "debug")
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in run("config")[1].splitlines()[1:]}
+    assert rows["environment"][1:] == ["prod", "$TODO_OBS_ENVIRONMENT (beats configure())"]
+    assert rows["log_level"][1:] == ["DEBUG", "$TODO_OBS_LOG_LEVEL (yields to configure())"]
+    assert rows["sample_ratio"][1:] == ["0.1", "default"]
 
 
 def test_config_reports_an_invalid_environment(
@@ -119,8 +130,11 @@ def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
 def test_config_names_resource_attributes_as_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=recurring")
-    rows = {line.split()[0]: line.split() for line in run("config")[1].splitlines()[1:]}
-    assert rows["service_name"][1:] == ["recurring", "$OTEL_RESOURCE_ATTRIBUTES"]
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in run("config")[1].splitlines()[1:]}
+    assert rows["service_name"][1:] == [
+        "recurring",
+        "$OTEL_RESOURCE_ATTRIBUTES (beats configure())",
+    ]
 
 
 def test_dlq_says_when_the_service_cannot_be_reached() -> None:
