@@ -69,14 +69,17 @@ def configure(
     """Wire JSON logs, RED metrics, tracing and the middleware in one call.
 
     Every setting falls back to its environment variable, then to a documented
-    default (see the configuration page). `None` means "not given".
+    default (see the configuration page). `None` means "not given". The service's
+    identity (name, version, environment, resource attributes) is the other way
+    round: the environment wins, and the argument is the default.
 
     Args:
         app: A Starlette or FastAPI app to instrument; omit it for a worker without HTTP.
-        service_name: `OTEL_SERVICE_NAME`.
-        service_version: `TODO_OBS_SERVICE_VERSION`.
-        environment: `TODO_OBS_ENVIRONMENT`; dev keeps every trace, prod one in ten.
-        resource_attributes: `OTEL_RESOURCE_ATTRIBUTES`.
+        service_name: The default name; `OTEL_SERVICE_NAME` wins over it.
+        service_version: The default version; `TODO_OBS_SERVICE_VERSION` wins over it.
+        environment: The default environment; `TODO_OBS_ENVIRONMENT` wins over it. dev keeps
+            every trace, prod one in ten.
+        resource_attributes: Merged under the pairs of `OTEL_RESOURCE_ATTRIBUTES`.
         log_level: `TODO_OBS_LOG_LEVEL`.
         access_log: `TODO_OBS_ACCESS_LOG`.
         redact_keys: `TODO_OBS_REDACT_KEYS`, patterns added to the default sensitive keys.
