@@ -43,6 +43,7 @@ def configure(
     otlp_endpoint: str | None = None,
     otlp_traces_endpoint: str | None = None,
     otlp_protocol: str | None = None,
+    otlp_traces_protocol: str | None = None,
     traces_file: str | None = None,
     metrics_path: str | None = None,
     health_path: str | None = None,
@@ -93,6 +94,7 @@ def configure(
             `otlp_endpoint`.
         otlp_protocol: `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc`
             (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` wins over it).
+        otlp_traces_protocol: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`; wins over `otlp_protocol`.
         traces_file: `TODO_OBS_TRACES_FILE`, for the file exporter.
         metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
         health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
@@ -156,6 +158,7 @@ def configure(
         otlp_endpoint=otlp_endpoint,
         otlp_traces_endpoint=otlp_traces_endpoint,
         otlp_protocol=otlp_protocol,
+        otlp_traces_protocol=otlp_traces_protocol,
         traces_file=traces_file,
         metrics_path=metrics_path,
         health_path=health_path,

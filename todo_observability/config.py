@@ -654,6 +654,9 @@ _RESOURCE_KEYS = {
 }
 """Where each identity setting sits in `OTEL_RESOURCE_ATTRIBUTES` (first key found wins)."""
 
+ENVIRONMENT_ONLY = frozenset({"sdk_disabled"})
+"""Options `configure()` takes no argument for: OpenTelemetry's own switch is the environment's."""
+
 ARGUMENT = "argument"
 DEFAULT = "default"
 

@@ -35,6 +35,21 @@ def test_config_says_how_each_variable_ranks_against_configure(
     assert rows["sample_ratio"][1:] == ["0.1", "default"]
 
 
+def test_config_gives_no_rank_to_a_variable_configure_has_no_argument_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inspect
+
+    from todo_observability import configure
+    from todo_observability.config import ENVIRONMENT_ONLY, OPTIONS
+
+    arguments = set(inspect.signature(configure).parameters)
+    assert {o.field for o in OPTIONS} - arguments == ENVIRONMENT_ONLY
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in run("config")[1].splitlines()[1:]}
+    assert rows["sdk_disabled"][1:] == ["True", "$OTEL_SDK_DISABLED"]
+
+
 def test_config_reports_an_invalid_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TextIO
 
-from todo_observability.config import DEFAULT, IDENTITY, OPTIONS, explain_settings
+from todo_observability.config import (
+    DEFAULT,
+    ENVIRONMENT_ONLY,
+    IDENTITY,
+    OPTIONS,
+    explain_settings,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -24,7 +30,8 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     """Print each setting, its value and its source.
 
     A variable that sets a value is marked with how it ranks against an argument of
-    `configure()`: the identity settings' variables beat one, the others' yield to one.
+    `configure()`: the identity settings' variables beat one, the others' yield to one (but
+    for the variables `configure()` has no argument for).
     """
     settings, sources = explain_settings()
     width = max(len(option.field) for option in OPTIONS)
@@ -32,7 +39,7 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
     for option in OPTIONS:
         value = getattr(settings, option.field)
         source = sources[option.field]
-        if source != DEFAULT:
+        if source != DEFAULT and option.field not in ENVIRONMENT_ONLY:
             rank = "beats" if option.field in IDENTITY else "yields to"
             source = f"{source} ({rank} configure())"
         if isinstance(value, tuple):
