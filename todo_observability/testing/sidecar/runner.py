@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-from todo_observability.exceptions import ConfigurationError
+from todo_observability.exceptions import ConfigurationError, MissingExtraError
 from todo_observability.testing.sidecar.broker import Broker
 from todo_observability.testing.sidecar.retry import RetryPolicy
 from todo_observability.testing.sidecar.sidecar import Sidecar
@@ -226,15 +226,12 @@ async def run_sidecars(
 
     Raises:
         OSError: a port is already in use.
-        ImportError: uvicorn is not installed.
+        MissingExtraError: uvicorn is not installed (the `sidecar` extra).
     """
     try:
         import uvicorn
     except ImportError:
-        raise ImportError(
-            "The sidecar emulator serves its API with uvicorn, which is not installed. "
-            "Install it with: pip install uvicorn"
-        ) from None
+        raise MissingExtraError("The sidecar emulator", "sidecar", "uvicorn") from None
     if not 0 <= sampling_rate <= 1:
         raise ConfigurationError(
             f"--sampling-rate must be between 0 and 1, got {sampling_rate!r}.",
