@@ -144,7 +144,9 @@ def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
 
 def test_trace_says_when_the_file_or_the_trace_is_not_there(tmp_path: Path) -> None:
     missing = tmp_path / "missing.jsonl"
-    with pytest.raises(SystemExit, match=r"missing.jsonl: cannot read the span file \(No such file"):
+    with pytest.raises(
+        SystemExit, match=r"missing.jsonl: cannot read the span file \(No such file"
+    ):
         run("trace", str(missing))
     with pytest.raises(SystemExit, match=r"cannot read the span file"):
         run("trace", str(tmp_path))  # a folder
