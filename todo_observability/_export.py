@@ -1,0 +1,495 @@
+"""Span export without tracked objects: each finished span is encoded to bytes when it ends.
+
+A batch processor that queues `ReadableSpan` objects keeps them alive for up to its
+schedule delay: long enough for the collector to promote them, with everything they
+hold, to the oldest generation, where they end up triggering full collections (tens
+of milliseconds each, paid by whichever request is running). Bytes are not tracked by
+the garbage collector. So `EncodedBatchSpanProcessor` encodes a span in `on_end`, in
+the Zipkin v2 JSON form the Zipkin exporter of OpenTelemetry sends (scrubbed as
+`ScrubbingSpanExporter` scrubs), queues the bytes, and its thread writes the batch as
+one JSON array: the spans' own objects die with the request.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Protocol
+
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+
+from todo_observability import _json
+from todo_observability.redaction import REDACTED, Redactor
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan, Span
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from prometheus_client import Counter
+
+    from todo_observability.tracing import GuardedSpanExporter
+
+__all__ = [
+    "EncodedBatchSpanProcessor",
+    "ZipkinJsonEncoder",
+    "ZipkinJsonExporter",
+]
+
+_log = logging.getLogger("todo_observability.tracing")
+
+# Attributes of the SDK's own whose names look sensitive but whose values are not secrets.
+NOT_SECRET_KEYS = frozenset({"messaging.kafka.message.key"})
+_KINDS = {
+    SpanKind.SERVER: "SERVER",
+    SpanKind.CLIENT: "CLIENT",
+    SpanKind.PRODUCER: "PRODUCER",
+    SpanKind.CONSUMER: "CONSUMER",
+}
+_MAX_SCOPES = 256
+_UNSET = StatusCode.UNSET
+_ERROR = StatusCode.ERROR
+# Strings seen to hold nothing to scrub (HTTP methods, routes, addresses, user agents recur).
+_MAX_CLEAN = 4096
+
+
+def _items(attributes: Any) -> Iterable[tuple[str, Any]]:
+    """The items of a finished span's attributes, read without the per-item lock of `BoundedAttributes`.
+
+    A finished span no longer changes; the mapping's `items()` would go through the
+    `Mapping` machinery and take its lock for every key.
+    """
+    raw = getattr(attributes, "_dict", None)
+    if isinstance(raw, dict):
+        return raw.items()
+    items: Iterable[tuple[str, Any]] = attributes.items()
+    return items
+
+
+def _usec(nanoseconds: int) -> int:
+    """Nanoseconds as Zipkin's microseconds, rounded as OpenTelemetry's Zipkin encoder rounds."""
+    return (nanoseconds + 500) // 1000
+
+
+def _text(value: Any) -> str | None:
+    """An attribute value as the Zipkin encoder writes a tag: None for what it skips."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if isinstance(value, tuple | list):
+        items: list[str | None] = []
+        for item in value:
+            if isinstance(item, bool):
+                items.append("true" if item else "false")
+            elif isinstance(item, int | float | str):
+                items.append(str(item))
+            elif item is None:
+                items.append(None)
+        # The standard library, not orjson: the same escapes as the Zipkin encoder's.
+        return json.dumps(items, separators=(",", ":"))
+    return None
+
+
+class ZipkinJsonEncoder:
+    """Encodes a finished span as one Zipkin v2 JSON object (bytes), scrubbed.
+
+    The fields are those OpenTelemetry's `ZipkinExporter` (JSON v2) sends: ids, name,
+    kind, timestamp and duration in microseconds, `localEndpoint` (the resource's
+    `service.name`), tags (the span's attributes, then the resource's, the
+    instrumentation scope, `otel.status_code`, `error`, dropped counts), annotations
+    (one per event, its value `{"name": {attributes}}` as JSON) and `debug`. Where that
+    encoder writes what the Zipkin schema does not allow, this one follows the schema:
+    no `"kind": null` for internal spans (absent means local), no `null` tag (a scope
+    without version), and a duration of at least 1 (Zipkin rounds shorter ones up).
+
+    What `ScrubbingSpanExporter` scrubs is scrubbed here, before anything is encoded:
+    the name, sensitive attribute keys (values become `[REDACTED]`), secret-shaped text
+    in attribute and event values, and the status description (the `error` tag).
+
+    Args:
+        redactor: Decides what is sensitive; default patterns when omitted.
+    """
+
+    def __init__(self, redactor: Redactor | None = None):
+        self.redactor = redactor or Redactor()
+        self._resource: Resource | None = None
+        self._endpoint: dict[str, Any] = {}
+        self._resource_tags: dict[str, str] = {}
+        # Per instrumentation scope (few per process): the resource's tags and the scope's.
+        self._scopes: dict[int, tuple[InstrumentationScope | None, dict[str, str]]] = {}
+        self._sensitive: dict[str, bool] = {}
+        self._clean: set[str] = set()
+
+    def _tail(self, span: ReadableSpan) -> dict[str, str]:
+        """The tags every span of this resource and scope carries after its own attributes."""
+        resource = span.resource
+        if resource is not self._resource:
+            service = resource.attributes.get("service.name")
+            self._endpoint = {"serviceName": service or "unknown_service"}
+            self._resource_tags = self._tags(resource.attributes, scrub=False)
+            self._scopes = {}
+            self._resource = resource
+        scope = span.instrumentation_scope
+        cached = self._scopes.get(id(scope))
+        if cached is not None and cached[0] is scope:
+            return cached[1]
+        tail = dict(self._resource_tags)
+        if scope is not None:
+            tail["otel.library.name"] = tail["otel.scope.name"] = scope.name
+            if scope.version is not None:
+                tail["otel.library.version"] = tail["otel.scope.version"] = scope.version
+        if len(self._scopes) >= _MAX_SCOPES:
+            self._scopes.clear()
+        self._scopes[id(scope)] = (scope, tail)  # the scope is kept: its id stays its own
+        return tail
+
+    def _tags(self, attributes: Mapping[str, Any] | None, *, scrub: bool = True) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        if not attributes:
+            return tags
+        redactor = self.redactor
+        sensitive = self._sensitive
+        clean = self._clean
+        for key, value in _items(attributes):
+            if scrub:
+                hit = sensitive.get(key)
+                if hit is None:
+                    hit = key not in NOT_SECRET_KEYS and redactor.is_sensitive(key)
+                    if len(sensitive) < _MAX_CLEAN:
+                        sensitive[key] = hit
+                if hit:
+                    tags[key] = REDACTED
+                    continue
+            kind = type(value)
+            if kind is str:
+                tags[key] = self._scrub(value) if scrub and value not in clean else value
+                continue
+            if kind is int:
+                tags[key] = str(value)
+                continue
+            if scrub and kind is tuple:
+                value = tuple(redactor.scrub_text(i) if isinstance(i, str) else i for i in value)
+            text = _text(value)
+            if text is None:
+                _log.warning("Could not serialize tag %s", key)
+                continue
+            tags[key] = text
+        return tags
+
+    def _annotations(self, span: ReadableSpan) -> list[dict[str, Any]]:
+        redactor = self.redactor
+        annotations = []
+        for event in span.events:
+            attributes: dict[str, Any] = {}
+            for key, value in (event.attributes or {}).items():
+                if key not in NOT_SECRET_KEYS and redactor.is_sensitive(key):
+                    value = REDACTED
+                elif isinstance(value, str):
+                    value = redactor.scrub_text(value)
+                elif isinstance(value, tuple | list):
+                    value = [redactor.scrub_text(i) if isinstance(i, str) else i for i in value]
+                attributes[key] = value
+            annotations.append(
+                {
+                    "timestamp": _usec(event.timestamp),
+                    # The Zipkin encoder's own form of the value, with the standard library's escapes.
+                    "value": json.dumps({event.name: attributes}, sort_keys=True),
+                }
+            )
+        return annotations
+
+    def _scrub(self, text: str) -> str:
+        if text in self._clean:
+            return text
+        scrubbed = self.redactor.scrub_text(text)
+        if scrubbed is text and len(text) <= 256 and len(self._clean) < _MAX_CLEAN:
+            self._clean.add(text)
+        return scrubbed
+
+    def encode(self, span: ReadableSpan) -> bytes:
+        """`span` as one Zipkin v2 JSON object."""
+        context = span.context
+        assert context is not None  # a finished SDK span always has one
+        start = span.start_time or 0
+        end = span.end_time or start
+        tags = self._tags(getattr(span, "_attributes", None) or span.attributes)
+        tags.update(self._tail(span))
+        status = span.status
+        code = status.status_code
+        if code is not _UNSET:
+            tags["otel.status_code"] = code.name
+            if code is _ERROR:
+                tags["error"] = self._scrub(status.description) if status.description else ""
+        if span.dropped_attributes:
+            tags["otel.dropped_attributes_count"] = str(span.dropped_attributes)
+        if getattr(span, "_events", True):  # the tuple `events` copies is built only if any
+            if span.dropped_events:
+                tags["otel.dropped_events_count"] = str(span.dropped_events)
+            annotations = self._annotations(span)
+        else:
+            annotations = None
+        if span.dropped_links:
+            tags["otel.dropped_links_count"] = str(span.dropped_links)
+        duration = (end - start + 500) // 1000
+        encoded: dict[str, Any] = {
+            # int.to_bytes().hex() is the fastest way from an int to fixed-width hex.
+            "traceId": context.trace_id.to_bytes(16, "big").hex(),
+            "id": context.span_id.to_bytes(8, "big").hex(),
+            "name": self._scrub(span.name),
+            "timestamp": (start + 500) // 1000,
+            "duration": duration if duration > 0 else 1,
+            "localEndpoint": self._endpoint,
+        }
+        kind = _KINDS.get(span.kind)
+        if kind is not None:
+            encoded["kind"] = kind
+        if tags:
+            encoded["tags"] = tags
+        if annotations:
+            encoded["annotations"] = annotations
+        if context.trace_flags.sampled:
+            encoded["debug"] = True
+        parent = span.parent
+        if parent is not None:
+            encoded["parentId"] = parent.span_id.to_bytes(8, "big").hex()
+        return _json.dumps(encoded)
+
+
+def join(encoded: Sequence[bytes]) -> bytes:
+    """Encoded spans as one Zipkin v2 JSON array."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+class EncodedSpanSink(Protocol):
+    """Where a batch of encoded spans goes: it writes them all, or fails."""
+
+    def write_encoded(self, encoded: Sequence[bytes]) -> SpanExportResult:
+        """Deliver `encoded` (spans encoded by the sink's `encoder`)."""
+        ...
+
+
+class ZipkinJsonExporter(SpanExporter):
+    """Posts spans to a Zipkin collector's `/api/v2/spans`, as Zipkin v2 JSON.
+
+    A span exporter like OpenTelemetry's `ZipkinExporter` (it posts what that one
+    posts, see `ZipkinJsonEncoder`), and what `EncodedBatchSpanProcessor` writes
+    through: `write_encoded` posts spans that were encoded when they ended.
+
+    Args:
+        endpoint: The collector's URL.
+        timeout: Seconds one request may take (read for every request).
+        redactor: What the spans are scrubbed of.
+    """
+
+    def __init__(self, endpoint: str, *, timeout: float = 10, redactor: Redactor | None = None):
+        import requests
+
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.encoder = ZipkinJsonEncoder(redactor)
+        self._session = requests.Session()
+        self._session.headers["Content-Type"] = "application/json"
+        self._closed = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Encode and post `spans`."""
+        encode = self.encoder.encode
+        return self.write_encoded([encode(span) for span in spans])
+
+    def write_encoded(self, encoded: Sequence[bytes]) -> SpanExportResult:
+        """Post spans already encoded by `encoder`, as one JSON array."""
+        if self._closed:
+            return SpanExportResult.FAILURE
+        response = self._session.post(self.endpoint, data=join(encoded), timeout=self.timeout)
+        if not response.ok:
+            _log.error(
+                "Zipkin refused %d spans: %s %s",
+                len(encoded),
+                response.status_code,
+                response.text[:200],
+            )
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Close the connections."""
+        self._closed = True
+        self._session.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Nothing is buffered here."""
+        return True
+
+
+class EncodedBatchSpanProcessor(SpanProcessor):
+    """A batch span processor that queues each sampled span encoded, as bytes.
+
+    It behaves as OpenTelemetry's `BatchSpanProcessor` (and reads the same `OTEL_BSP_*`
+    variables): a bounded queue, exports in batches of at most `max_export_batch_size`
+    when a batch is full or every `schedule_delay_millis`, on its own thread. What it
+    queues is the span encoded by the sink's encoder when the span ended; the span
+    itself is released with the request.
+
+    A full queue drops the span and counts it (`queue_full`), without encoding it or
+    blocking. Spans are written through `guard` (a `GuardedSpanExporter` around the
+    sink), which counts what fails and backs off from a dead collector. `force_flush`
+    exports what is queued on the calling thread and says True only if all of it was
+    exported within its timeout.
+
+    Args:
+        guard: The guarded sink (a `ZipkinJsonExporter` or `ZipkinFileSpanExporter`).
+        dropped: `todo_observability_spans_dropped_total`.
+        max_queue_size: Default `OTEL_BSP_MAX_QUEUE_SIZE`, else 2048.
+        schedule_delay_millis: Default `OTEL_BSP_SCHEDULE_DELAY`, else 5000.
+        max_export_batch_size: Default `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, else 512.
+    """
+
+    def __init__(
+        self,
+        guard: GuardedSpanExporter,
+        dropped: Counter,
+        *,
+        max_queue_size: int | None = None,
+        schedule_delay_millis: float | None = None,
+        max_export_batch_size: int | None = None,
+    ):
+        if max_queue_size is None:
+            max_queue_size = BatchSpanProcessor._default_max_queue_size()
+        if schedule_delay_millis is None:
+            schedule_delay_millis = BatchSpanProcessor._default_schedule_delay_millis()
+        if max_export_batch_size is None:
+            max_export_batch_size = BatchSpanProcessor._default_max_export_batch_size()
+        BatchSpanProcessor._validate_arguments(
+            max_queue_size, schedule_delay_millis, max_export_batch_size
+        )
+        sink = guard.exporter
+        encoder = getattr(sink, "encoder", None)
+        if not isinstance(encoder, ZipkinJsonEncoder) or not hasattr(sink, "write_encoded"):
+            raise TypeError(f"{type(sink).__name__} takes no encoded spans")
+        self._encode = encoder.encode
+        self._guard = guard
+        self._queue_full = dropped.labels("queue_full")
+        self._encode_failed = dropped.labels("export_failed")
+        self._max_queue = max_queue_size
+        self._batch_size = max_export_batch_size
+        self._delay = schedule_delay_millis / 1000
+        self._queue: collections.deque[bytes] = collections.deque(maxlen=max_queue_size)
+        self._shutdown = False
+        self._encode_warned = False
+        self._start_worker()
+        if hasattr(os, "register_at_fork"):
+            reinit = weakref.WeakMethod(self._after_fork)
+
+            def after_in_child() -> None:
+                method = reinit()
+                if method is not None:
+                    method()
+
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _start_worker(self) -> None:
+        self._export_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="todo-obs-span-export", daemon=True)
+        self._worker.start()
+
+    def _after_fork(self) -> None:
+        # The parent's spans are the parent's to export; the child starts empty, with a thread.
+        self._queue.clear()
+        if not self._shutdown:
+            self._start_worker()
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Nothing to do when a span starts."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Encode `span` and queue it, or count it as dropped when the queue is full."""
+        context = span.context
+        if context is None or not context.trace_flags.sampled or self._shutdown:
+            return
+        queue = self._queue
+        if len(queue) >= self._max_queue:
+            self._queue_full.inc()
+            return
+        try:
+            encoded = self._encode(span)
+        except Exception:  # noqa: BLE001 - a span that cannot be encoded must not fail the request
+            self._encode_failed.inc()
+            if not self._encode_warned:
+                self._encode_warned = True
+                _log.exception("a span could not be encoded; such spans are dropped")
+            return
+        queue.append(encoded)
+        if len(queue) >= self._batch_size:
+            self._wake.set()
+
+    def _run(self) -> None:
+        while not self._shutdown:
+            self._wake.wait(self._delay)
+            self._wake.clear()
+            if self._shutdown:
+                break
+            with self._export_lock:
+                self._export_batches(deadline=None)
+        # At shutdown: what is left goes now.
+        with self._export_lock:
+            self._export_batches(deadline=None)
+
+    def _export_batches(self, deadline: float | None) -> bool:
+        """Export what is queued, batch by batch (the caller holds the export lock).
+
+        Returns whether everything was exported by `deadline`.
+        """
+        queue = self._queue
+        ok = True
+        while queue:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            count = min(len(queue), self._batch_size)
+            batch = [queue.popleft() for _ in range(count)]
+            if self._guard.export_encoded(batch) is not SpanExportResult.SUCCESS:
+                ok = False
+        return ok
+
+    def force_flush(self, timeout_millis: int | None = 30000) -> bool:
+        """Export the queued spans now; True only if all were exported within `timeout_millis`.
+
+        Requests made meanwhile get no more time than is left. It waits for an export
+        already under way on the processor's thread at most until the deadline.
+        """
+        if self._shutdown:
+            return not self._queue
+        timeout = 30.0 if timeout_millis is None else timeout_millis / 1000
+        deadline = time.monotonic() + timeout
+        if not self._export_lock.acquire(timeout=max(0.0, timeout)):
+            return False
+        guard = self._guard
+        failed = guard.failed
+        guard.deadline = deadline
+        try:
+            exported = self._export_batches(deadline)
+        finally:
+            guard.deadline = None
+            self._export_lock.release()
+        return (
+            exported and time.monotonic() <= deadline and guard.failed == failed and not self._queue
+        )
+
+    def shutdown(self) -> None:
+        """Export what is queued, stop the thread and shut the sink down."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        self._wake.set()
+        self._worker.join()
+        self._guard.shutdown()
