@@ -55,8 +55,10 @@ VARIANTS: tuple[tuple[str, float | None], ...] = (
 P99_TARGET = 2.0
 #: Full collections per 10k requests caused by the SDK (ours minus bare): at most.
 GEN2_TARGET = 0.0
-#: Exporter CPU per span, µs: at most (OpenTelemetry's ZipkinExporter takes about 15 µs).
+#: Exporter CPU per span, µs: at most. OpenTelemetry's ZipkinExporter takes about 15 µs on a
+#: quiet machine, so the same target read independently of the machine is a third of its CPU.
 CPU_TARGET_US = 5.0
+CPU_RATIO_TARGET = 1 / 3
 BATCH = 512
 
 _LATENCY = re.compile(r"^\s*99(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
@@ -503,9 +505,13 @@ def report(rounds: int, duration: float, cpu_rounds: int, summary: list[str] | N
         )
     ours_cpu = statistics.median(cpu.ours_us)
     lines.append(
-        f"| exporter CPU per span ours ({ours_cpu:.2f} µs) / OpenTelemetry ZipkinExporter "
-        f"({statistics.median(cpu.otel_us):.2f} µs) | {cpu.ratio:.3f} | ≤ {CPU_TARGET_US:g} µs "
-        f"| {'yes' if ours_cpu <= CPU_TARGET_US else '**no**'} |"
+        f"| exporter CPU per span, ours (OpenTelemetry's ZipkinExporter: "
+        f"{statistics.median(cpu.otel_us):.1f} µs on the same spans) | {ours_cpu:.1f} µs "
+        f"| ≤ {CPU_TARGET_US:g} µs | {'yes' if ours_cpu <= CPU_TARGET_US else '**no**'} |"
+    )
+    lines.append(
+        f"| exporter CPU per span, ours / OpenTelemetry's ZipkinExporter | {cpu.ratio:.3f} "
+        f"| ≤ {CPU_RATIO_TARGET:.3f} (5 of its 15 µs) | {'yes' if cpu.ratio <= CPU_RATIO_TARGET else '**no**'} |"
     )
     if summary is not None:
         summary.extend(lines)

@@ -483,3 +483,83 @@ def test_a_collector_that_refuses_the_batch_is_a_failure(caplog: pytest.LogCaptu
     finally:
         server.stop()
     assert any("Zipkin refused 1 spans: 400 bad" in r.getMessage() for r in caplog.records)
+
+
+def test_a_keep_alive_connection_the_collector_closed_while_idle_loses_no_span() -> None:
+    """The exporter keeps its connection; one the collector closed is replaced, not lost."""
+    batches: list[list[dict[str, object]]] = []
+
+    class ClosingIdle(BaseHTTPRequestHandler):
+        """Answers the first request of a connection, closes it unanswered on the second."""
+
+        protocol_version = "HTTP/1.1"
+        served = 0
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if self.served:
+                self.close_connection = True  # closed without a response
+                return
+            self.served += 1
+            batches.append(json.loads(body))
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    server = LoopbackServer(ClosingIdle)
+    server.start()
+    registry = CollectorRegistry()
+    try:
+        guarded = GuardedSpanExporter(
+            ZipkinJsonExporter(f"{server.url}/api/v2/spans", timeout=5),
+            dropped_counter(registry),
+        )
+        encoder = ZipkinJsonEncoder()
+        spans = varied_spans()
+        assert guarded.export_encoded([encoder.encode(spans[0])]) is SpanExportResult.SUCCESS
+        assert guarded.export_encoded([encoder.encode(spans[1])]) is SpanExportResult.SUCCESS
+        guarded.shutdown()
+    finally:
+        server.stop()
+    assert [[span["name"] for span in batch] for batch in batches] == [
+        [spans[0].name],
+        [spans[1].name],
+    ]
+    for reason in ("export_failed", "exporter_unavailable"):
+        assert metric_value(registry, "todo_observability_spans_dropped_total", reason=reason) == 0
+
+
+def test_a_configured_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    received: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            received.append(self.path)  # a proxy is sent the absolute URL
+            self.send_response(202)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            """Quiet."""
+
+    proxy = LoopbackServer(Proxy)
+    proxy.start()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        exporter = ZipkinJsonExporter("http://zipkin.invalid:9411/api/v2/spans")
+        assert exporter.export(varied_spans()[:1]) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+    finally:
+        proxy.stop()
+    assert received == ["http://zipkin.invalid:9411/api/v2/spans"]
+
+
+def test_an_endpoint_that_is_not_an_http_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="must be an http\\(s\\) URL, got 'zipkin:9411'"):
+        ZipkinJsonExporter("zipkin:9411")
