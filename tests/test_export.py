@@ -563,3 +563,39 @@ def test_a_configured_proxy_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None
 def test_an_endpoint_that_is_not_an_http_url_is_refused() -> None:
     with pytest.raises(ValueError, match="must be an http\\(s\\) URL, got 'zipkin:9411'"):
         ZipkinJsonExporter("zipkin:9411")
+
+
+def test_without_orjson_the_standard_library_encodes_the_same_spans() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json\n"
+        "if sys.argv[1] == 'hide': sys.modules['orjson'] = None\n"
+        "from opentelemetry.sdk.resources import Resource\n"
+        "from opentelemetry.sdk.trace import Event, ReadableSpan\n"
+        "from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags\n"
+        "from todo_observability import _json\n"
+        "from todo_observability._export import ZipkinJsonEncoder, join\n"
+        "context = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, False, TraceFlags(1))\n"
+        "span = ReadableSpan(name='t\\u00e2che', context=context, parent=context, kind=SpanKind.CLIENT,\n"
+        "    resource=Resource.create({'service.name': 'svc', 'service.instance.id': 'i'}),\n"
+        "    attributes={'a': 'caf\\u00e9', 'n': 2**40, 'f': 0.1, 'l': ('x', 'y')},\n"
+        "    events=[Event('e', {'k': 'v'}, 1_765_000_000_000_001_000)],\n"
+        "    status=Status(StatusCode.ERROR, 'bad'), start_time=1_765_000_000_000_000_000,\n"
+        "    end_time=1_765_000_000_002_000_000)\n"
+        "body = join([ZipkinJsonEncoder().encode(span)] * 2)\n"
+        "print(_json.dumps.__module__, json.dumps(json.loads(body), sort_keys=True))\n"
+    )
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", code, mode], capture_output=True, text=True, check=True
+        ).stdout.split(" ", 1)
+        for mode in ("hide", "keep")
+    ]
+    assert [backend for backend, _ in outputs] == ["todo_observability._json", "orjson"]
+    assert outputs[0][1] == outputs[1][1]
+    [span, _] = json.loads(outputs[0][1])
+    assert span["name"] == "tâche"
+    assert span["tags"]["a"] == "café"
+    assert span["tags"]["error"] == "bad"
