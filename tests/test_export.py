@@ -599,3 +599,25 @@ def test_without_orjson_the_standard_library_encodes_the_same_spans() -> None:
     assert span["name"] == "tâche"
     assert span["tags"]["a"] == "café"
     assert span["tags"]["error"] == "bad"
+
+
+class PublicOnly:
+    """A finished span seen only through the public properties of `ReadableSpan`."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: ReadableSpan) -> None:
+        self._span = span
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._span, name)
+
+
+def test_a_span_read_through_its_public_properties_encodes_the_same() -> None:
+    encoder = ZipkinJsonEncoder()
+    for span in varied_spans():
+        public = PublicOnly(span)
+        assert not hasattr(public, "__dict__")
+        assert encoder.encode(public) == encoder.encode(span)  # type: ignore[arg-type]
