@@ -196,7 +196,8 @@ class Server:
         counts: dict[str, int] = json.loads(body)
         return counts
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        # Five processes import FastAPI at once: on a loaded 2-core machine that takes a while.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
