@@ -10,7 +10,8 @@ span that is never exported is counted in
 `todo_observability_spans_dropped_total{reason}`.
 
 Nothing secret leaves with a span: every exporter the SDK builds sits behind
-`ScrubbingSpanExporter`, and the SDK's own spans (`traced`, outgoing calls) are
+`ScrubbingSpanExporter` (Zipkin's and the file's scrub the same way as they encode),
+and the SDK's own spans (`traced`, outgoing calls) are
 scrubbed when they are recorded, for span processors of your own too.
 """
 
