@@ -89,14 +89,27 @@ def _fastapi() -> FastAPI:
     return app
 
 
+@dataclass
+class _BoundedQueue:
+    """The queue of an `EncodedBatchSpanProcessor`, seen as the SDK's (a length and a `maxlen`)."""
+
+    queue: Any
+    maxlen: int
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+
 def span_queues(provider: Any) -> list[Any]:
     """The queues of the provider's batch span processors (SDK internals, for diagnostics)."""
     processors = getattr(getattr(provider, "_active_span_processor", None), "_span_processors", ())
-    queues = []
+    queues: list[Any] = []
     for processor in processors:
         queue = getattr(getattr(processor, "_batch_processor", None), "_queue", None)
         if queue is not None:
             queues.append(queue)
+        elif hasattr(processor, "_max_queue"):  # ours: encoded spans, bounded by a check
+            queues.append(_BoundedQueue(processor._queue, processor._max_queue))
     return queues
 
 

@@ -25,6 +25,7 @@ from benchmarks import (
     inprocess,
     logging_throughput,
     messaging,
+    span_export,
     uvicorn_wrk,
 )
 from benchmarks.apps import NO_NATIVE_TELEMETRY
@@ -68,10 +69,14 @@ class Sizes:
     log_lines: int
     import_runs: int
     message_rounds: int
+    #: span_export: wrk rounds, seconds per wrk run, exporter CPU rounds.
+    export_rounds: int = 2
+    export_duration: float = 10.0
+    export_cpu_rounds: int = 20
 
 
 FULL = Sizes(40, 600, 1000, 4, 5.0, 2.0, 30, 5000, 7, 40)
-QUICK = Sizes(8, 300, 300, 1, 2.0, 1.0, 5, 3000, 3, 8)
+QUICK = Sizes(8, 300, 300, 1, 2.0, 1.0, 5, 3000, 3, 8, 1, 3.0, 6)
 
 
 def _met(ok: bool) -> str:
@@ -324,6 +329,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_uvicorn:
         sections.append(uvicorn_section(sizes, summary))
         sections.append(health_storm.report(*((2.0, 1) if args.quick else (5.0, 2))))
+        sections.append(
+            span_export.report(
+                sizes.export_rounds, sizes.export_duration, sizes.export_cpu_rounds, summary
+            )
+        )
     sections.append(logging_section(sizes, summary))
     sections.append(import_section(sizes, summary))
     elapsed = time.monotonic() - started

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from todo_observability.config import OPTIONS, Settings, resolve_settings
+from todo_observability.config import (
+    IDENTITY,
+    OPTIONS,
+    Settings,
+    explain_settings,
+    resolve_settings,
+)
 from todo_observability.exceptions import ConfigurationError
 
 
@@ -18,9 +24,89 @@ def test_defaults_without_environment() -> None:
     )
 
 
-def test_argument_wins_over_environment() -> None:
-    settings = resolve_settings(env={"OTEL_SERVICE_NAME": "from-env"}, service_name="from-arg")
-    assert settings.service_name == "from-arg"
+def test_argument_wins_over_environment_for_behaviour_settings() -> None:
+    settings = resolve_settings(
+        env={"TODO_OBS_LOG_LEVEL": "debug", "OTEL_TRACES_EXPORTER": "zipkin"},
+        log_level="warning",
+        traces_exporter="memory",
+    )
+    assert (settings.log_level, settings.traces_exporter) == ("WARNING", ("memory",))
+
+
+def test_environment_renames_a_service_whose_code_names_it() -> None:
+    settings, sources = explain_settings(
+        env={"OTEL_SERVICE_NAME": "backend-canary"}, service_name="backend"
+    )
+    assert settings.service_name == "backend-canary"
+    assert sources["service_name"] == "$OTEL_SERVICE_NAME"
+
+
+def test_service_name_in_resource_attributes_also_wins_over_the_argument() -> None:
+    settings, sources = explain_settings(
+        env={"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-resource"}, service_name="backend"
+    )
+    assert settings.service_name == "from-resource"
+    assert sources["service_name"] == "$OTEL_RESOURCE_ATTRIBUTES"
+
+
+def test_otel_service_name_wins_over_resource_attributes_and_the_argument() -> None:
+    settings = resolve_settings(
+        env={"OTEL_SERVICE_NAME": "env", "OTEL_RESOURCE_ATTRIBUTES": "service.name=resource"},
+        service_name="code",
+        resource_attributes={"service.name": "code-resource"},
+    )
+    assert settings.service_name == "env"
+
+
+def test_the_argument_is_the_default_of_the_identity_settings() -> None:
+    settings, sources = explain_settings(
+        env={"TODO_OBS_LOG_LEVEL": "debug"},
+        service_name="backend",
+        service_version="1.0.0",
+        environment="prod",
+    )
+    assert (settings.service_name, settings.service_version, settings.environment) == (
+        "backend",
+        "1.0.0",
+        "prod",
+    )
+    assert [sources[f] for f in ("service_name", "service_version", "environment")] == [
+        "argument"
+    ] * 3
+    assert sources["log_level"] == "$TODO_OBS_LOG_LEVEL"
+    assert sources["sample_ratio"] == "default"  # derived from the environment setting
+    assert settings.sample_ratio == 0.1
+
+
+def test_version_and_environment_of_the_deployment_win_over_the_argument() -> None:
+    settings = resolve_settings(
+        env={
+            "TODO_OBS_SERVICE_VERSION": "2.0.0",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging",
+        },
+        service_version="1.0.0",
+        environment="prod",
+    )
+    assert (settings.service_version, settings.environment) == ("2.0.0", "staging")
+    assert settings.sample_ratio == 1.0  # staging's default, not prod's
+
+
+def test_resource_attributes_of_the_environment_are_merged_over_the_arguments() -> None:
+    settings, sources = explain_settings(
+        env={"OTEL_RESOURCE_ATTRIBUTES": "team=ops,k8s.pod.name=backend-7"},
+        resource_attributes={"team": "core", "service.namespace": "todo"},
+    )
+    assert settings.resource_attributes == {
+        "team": "ops",
+        "service.namespace": "todo",
+        "k8s.pod.name": "backend-7",
+    }
+    assert sources["resource_attributes"] == "argument+$OTEL_RESOURCE_ATTRIBUTES"
+
+
+def test_identity_and_other_settings_are_told_apart_by_one_list() -> None:
+    assert IDENTITY == ("service_name", "service_version", "environment", "resource_attributes")
+    assert set(IDENTITY) <= {option.field for option in OPTIONS}
 
 
 def test_environment_wins_over_default() -> None:

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from tests.helpers import LoopbackServer, SilentServer, eventually, spans
 from todo_observability import traced
+from todo_observability._export import EncodedBatchSpanProcessor
 from todo_observability._observability import Observability
 from todo_observability.config import resolve_settings
 from todo_observability.exceptions import MissingExtraError
@@ -480,8 +481,8 @@ def test_flush_against_a_slow_collector_says_false_on_time_then_true_in_time(
         assert time.perf_counter() - start < 0.5 + 1.0
         eventually(lambda: dropped(registry) == 1, timeout=10.0, what="the cut request")
         [processor] = obs.tracer_provider._active_span_processor._span_processors
-        assert isinstance(processor, CountingBatchSpanProcessor)
-        guard = processor._batch_processor._exporter
+        assert isinstance(processor, EncodedBatchSpanProcessor)
+        guard = processor._guard
         assert isinstance(guard, GuardedSpanExporter)
         eventually(lambda: time.monotonic() > guard._retry_at, what="the backoff to pass")
         eventually(lambda: not flush_threads(), what="the cut flush to end")

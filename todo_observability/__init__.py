@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from todo_observability.context import bind_context, get_request_id, get_user_id, set_user_id
     from todo_observability.exceptions import ConfigurationError, ObservabilityError
     from todo_observability.httpclient import create_http_client
+    from todo_observability.instrumentation import (
+        instrument_asyncpg,
+        instrument_httpx,
+        instrument_redis,
+        instrument_sqlalchemy,
+    )
     from todo_observability.logs import get_logger
     from todo_observability.operations import measured
     from todo_observability.tracing import traced
@@ -39,6 +45,10 @@ __all__ = [
     "get_logger",
     "get_request_id",
     "get_user_id",
+    "instrument_asyncpg",
+    "instrument_httpx",
+    "instrument_redis",
+    "instrument_sqlalchemy",
     "measured",
     "set_user_id",
     "traced",
@@ -55,6 +65,10 @@ _LAZY = {
     "get_logger": "todo_observability.logs",
     "get_request_id": "todo_observability.context",
     "get_user_id": "todo_observability.context",
+    "instrument_asyncpg": "todo_observability.instrumentation",
+    "instrument_httpx": "todo_observability.instrumentation",
+    "instrument_redis": "todo_observability.instrumentation",
+    "instrument_sqlalchemy": "todo_observability.instrumentation",
     "measured": "todo_observability.operations",
     "set_user_id": "todo_observability.context",
     "traced": "todo_observability.tracing",

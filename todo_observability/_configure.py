@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import warnings
 from typing import IO, TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["configure"]
 
+_log = logging.getLogger("todo_observability")
+
 
 def configure(
     app: Any = None,
@@ -43,6 +46,7 @@ def configure(
     otlp_endpoint: str | None = None,
     otlp_traces_endpoint: str | None = None,
     otlp_protocol: str | None = None,
+    otlp_traces_protocol: str | None = None,
     traces_file: str | None = None,
     metrics_path: str | None = None,
     health_path: str | None = None,
@@ -69,14 +73,17 @@ def configure(
     """Wire JSON logs, RED metrics, tracing and the middleware in one call.
 
     Every setting falls back to its environment variable, then to a documented
-    default (see the configuration page). `None` means "not given".
+    default (see the configuration page). `None` means "not given". The service's
+    identity (name, version, environment, resource attributes) is the other way
+    round: the environment wins, and the argument is the default.
 
     Args:
         app: A Starlette or FastAPI app to instrument; omit it for a worker without HTTP.
-        service_name: `OTEL_SERVICE_NAME`.
-        service_version: `TODO_OBS_SERVICE_VERSION`.
-        environment: `TODO_OBS_ENVIRONMENT`; dev keeps every trace, prod one in ten.
-        resource_attributes: `OTEL_RESOURCE_ATTRIBUTES`.
+        service_name: The default name; `OTEL_SERVICE_NAME` wins over it.
+        service_version: The default version; `TODO_OBS_SERVICE_VERSION` wins over it.
+        environment: The default environment; `TODO_OBS_ENVIRONMENT` wins over it. dev keeps
+            every trace, prod one in ten.
+        resource_attributes: Merged under the pairs of `OTEL_RESOURCE_ATTRIBUTES`.
         log_level: `TODO_OBS_LOG_LEVEL`.
         access_log: `TODO_OBS_ACCESS_LOG`.
         redact_keys: `TODO_OBS_REDACT_KEYS`, patterns added to the default sensitive keys.
@@ -90,6 +97,7 @@ def configure(
             `otlp_endpoint`.
         otlp_protocol: `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` or `grpc`
             (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` wins over it).
+        otlp_traces_protocol: `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`; wins over `otlp_protocol`.
         traces_file: `TODO_OBS_TRACES_FILE`, for the file exporter.
         metrics_path: `TODO_OBS_METRICS_PATH`; "" serves no metrics.
         health_path: `TODO_OBS_HEALTH_PATH`, prefix of the live, ready and startup probes; "" serves none.
@@ -153,6 +161,7 @@ def configure(
         otlp_endpoint=otlp_endpoint,
         otlp_traces_endpoint=otlp_traces_endpoint,
         otlp_protocol=otlp_protocol,
+        otlp_traces_protocol=otlp_traces_protocol,
         traces_file=traces_file,
         metrics_path=metrics_path,
         health_path=health_path,
@@ -201,7 +210,18 @@ def configure(
 
 def _install(app: Any, obs: Observability) -> Callable[[], None]:
     """Make `obs` observe `app`; returns what undoes it."""
+    previous_build = vars(app).get("build_middleware_stack")
     build = app.build_middleware_stack
+    # opentelemetry-instrumentation-fastapi (by `opentelemetry-instrument`, or
+    # FastAPIInstrumentor) wraps the stack in its own server middleware and keeps the
+    # original: we build from the original, so each request has one server span, ours.
+    original = getattr(app, "_original_build_middleware_stack", None)
+    if getattr(app, "_is_instrumented_by_opentelemetry", False) and callable(original):
+        build = original
+        _log.info(
+            "opentelemetry-instrumentation-fastapi's server middleware is left out of this "
+            "app: todo-observability makes its server spans"
+        )
 
     def build_middleware_stack() -> Any:
         # Outermost, around Starlette's ServerErrorMiddleware: we see (and tag
@@ -234,7 +254,10 @@ def _install(app: Any, obs: Observability) -> Callable[[], None]:
         telemetry["tracing"] = False  # type: ignore[index]
 
     def uninstall() -> None:
-        vars(app).pop("build_middleware_stack", None)
+        if previous_build is None:
+            vars(app).pop("build_middleware_stack", None)
+        else:
+            app.build_middleware_stack = previous_build
         if router.lifespan_context is lifespan:
             router.lifespan_context = app_lifespan
         if restore_fastapi_tracing:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from todo_observability._signals import TRACER_NAME, Signals
 from todo_observability._version import __version__
+from todo_observability._workers import warn_if_workers_share_nothing
 from todo_observability.context import _push_default_signals, _remove_default_signals
 from todo_observability.exceptions import ConfigurationError
 from todo_observability.health.endpoints import chain_shutdown_signals
@@ -109,6 +110,7 @@ class Observability:
             self.redactor,
             settings.request_id_header,
             settings.internal_hosts,
+            tracer_provider,
         )
         self.health: HealthEngine = HealthEngine(self.metrics)
         self.metrics_app: ASGIApp = _health_first(
@@ -245,7 +247,9 @@ class Observability:
         server's own handlers, which drain), and the background health refresh starts
         (`health_refresh`, by default each check as its result expires). At shutdown:
         readiness is down, the refresh stops, the signal handlers are put back and queued
-        spans are exported (5 s at most), so the last requests' spans are not lost. A bare
+        spans are exported (5 s at most), so the last requests' spans are not lost. A worker
+        that starts beside live workers of the same service, without
+        `PROMETHEUS_MULTIPROC_DIR`, warns once that a scrape sees one worker's numbers. A bare
         ASGI server runs it around its app:
 
             async with obs.lifespan():
@@ -256,6 +260,7 @@ class Observability:
         # the lifespan starts): ours runs before it.
         restore = chain_shutdown_signals(health.begin_shutdown)
         refresh = self.settings.health_refresh
+        workers = warn_if_workers_share_nothing(self.settings.service_name)
         try:
             if refresh != "off":
                 health.start_refresh(None if refresh == "ttl" else refresh)
@@ -266,6 +271,8 @@ class Observability:
                 await health.stop_refresh()
             finally:
                 restore()
+                if workers is not None:
+                    workers.leave()
                 if not self.flush(5_000):
                     _log.warning("spans were not all exported within 5 s at shutdown")
 

@@ -9,10 +9,15 @@ that error says which package to install.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from todo_observability.exceptions import ConfigurationError
 
-__all__ = ["propagate"]
+__all__ = ["propagate", "sending_as"]
 
 PROPAGATOR_PACKAGES = {
     "b3": "opentelemetry-propagator-b3",
@@ -38,3 +43,26 @@ except ValueError as exc:
         field="OTEL_PROPAGATORS",
         value=os.environ.get("OTEL_PROPAGATORS", ""),
     ) from None
+
+
+# Instrumentations of HTTP clients (httpx's, and the ones below it) stand aside while this is
+# set: the key OpenTelemetry's contrib instrumentations check before starting a span.
+_SUPPRESS_HTTP = getattr(otel_context, "_SUPPRESS_HTTP_INSTRUMENTATION_KEY", None)
+
+
+@contextmanager
+def sending_as(span: trace.Span) -> Iterator[None]:
+    """While a request goes out: `span` is current, and no HTTP instrumentation adds its own.
+
+    The SDK's clients start their CLIENT span themselves; an instrumented transport below
+    them (`instrument_httpx()`, `opentelemetry-instrument`) would add a second one. Log lines
+    written meanwhile carry `span`'s id.
+    """
+    ctx = trace.set_span_in_context(span)
+    if _SUPPRESS_HTTP is not None:
+        ctx = otel_context.set_value(_SUPPRESS_HTTP, True, ctx)
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)

@@ -36,6 +36,8 @@ class Signals:
         redactor: Scrubs what the service's signals carry.
         request_id_header: The header that carries the request id (`X-Request-ID`).
         internal_hosts: Hosts (or `*.suffix` patterns) outgoing calls carry the ids to.
+        tracer_provider: The provider behind `tracer`, which the spans of instrumented
+            libraries go through (None: OpenTelemetry's global one).
     """
 
     service_name: str
@@ -44,6 +46,7 @@ class Signals:
     redactor: Redactor
     request_id_header: str = "X-Request-ID"
     internal_hosts: tuple[str, ...] = ()
+    tracer_provider: trace.TracerProvider | None = None
 
     def is_internal(self, host: str) -> bool:
         """Whether calls to `host` may carry `user_id` and `request_id` (see `internal_hosts`)."""

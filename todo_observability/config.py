@@ -2,7 +2,8 @@
 
 `resolve_settings()` turns the keyword arguments of `configure()` into a frozen
 `Settings`. Each option takes, in order: the explicit argument, its environment
-variable, a documented default. An invalid value raises `ConfigurationError`
+variable, a documented default; the identity of the service (`IDENTITY`) takes its
+environment variable first, then the argument as the default. An invalid value raises `ConfigurationError`
 naming the argument or variable, the value, and how to fix it.
 """
 
@@ -19,7 +20,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from todo_observability.exceptions import ConfigurationError
 
-__all__ = ["OPTIONS", "Option", "Settings", "resolve_settings"]
+__all__ = ["IDENTITY", "OPTIONS", "Option", "Settings", "explain_settings", "resolve_settings"]
 
 T = TypeVar("T")
 
@@ -598,28 +599,39 @@ class Settings:
         return self.environment.lower() in _DEVELOPMENT_ENVIRONMENTS
 
 
-def _resolve(option: Option[T], given: Any, env: Mapping[str, str]) -> tuple[T, bool]:
-    """Value of one option and whether it was set (by argument or environment)."""
-    if given is not None:
-        source, raw = option.field, given
-    elif env.get(option.env, "").strip() or (
-        option.env in env and option.field in _EMPTY_MEANS_OFF
-    ):
-        # An empty variable counts as unset, as OpenTelemetry specifies; only the
-        # paths give empty a meaning ("serve none").
-        source, raw = option.env, env[option.env]
-    else:
+def _invalid(option: Option[Any], source: str, raw: Any, exc: _Invalid) -> ConfigurationError:
+    fix = f" {exc.fix}" if exc.fix else ""
+    return ConfigurationError(
+        f"{source} must be {exc.what}, got {raw!r}.{fix}",
+        field=option.field,
+        env_var=option.env if source == option.env else None,
+        value=raw,
+    )
+
+
+def _from_argument(option: Option[T], given: Any) -> tuple[T, bool]:
+    """The parsed argument and whether one was given (`None` means not given)."""
+    if given is None:
         return None, False  # type: ignore[return-value]
+    try:
+        return option.parse(given), True
+    except _Invalid as exc:
+        raise _invalid(option, option.field, given, exc) from None
+
+
+def _from_environment(option: Option[T], env: Mapping[str, str]) -> tuple[T, bool]:
+    """The parsed variable and whether it is set."""
+    # An empty variable counts as unset, as OpenTelemetry specifies; only the
+    # paths give empty a meaning ("serve none").
+    if not (
+        env.get(option.env, "").strip() or (option.env in env and option.field in _EMPTY_MEANS_OFF)
+    ):
+        return None, False  # type: ignore[return-value]
+    raw = env[option.env]
     try:
         return option.parse(raw), True
     except _Invalid as exc:
-        fix = f" {exc.fix}" if exc.fix else ""
-        raise ConfigurationError(
-            f"{source} must be {exc.what}, got {raw!r}.{fix}",
-            field=option.field,
-            env_var=option.env if source == option.env else None,
-            value=raw,
-        ) from None
+        raise _invalid(option, option.env, raw, exc) from None
 
 
 def default_sample_ratio(environment: str) -> float:
@@ -627,12 +639,48 @@ def default_sample_ratio(environment: str) -> float:
     return 0.1 if _is_production(environment) else 1.0
 
 
-def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Settings:
-    """Resolve settings from keyword arguments, then the environment, then defaults.
+IDENTITY = ("service_name", "service_version", "environment", "resource_attributes")
+"""The settings that say what the service is, where it runs: the deployment wins over the code.
+
+For these the environment overrides a `configure()` argument, which acts as their default, so one
+image runs as `backend` in one deployment and `backend-canary` in another. Every other setting is
+how the code wants the SDK to behave: there the argument wins over the environment.
+"""
+
+_RESOURCE_KEYS = {
+    "service_name": ("service.name",),
+    "service_version": ("service.version",),
+    "environment": ("deployment.environment.name", "deployment.environment"),
+}
+"""Where each identity setting sits in `OTEL_RESOURCE_ATTRIBUTES` (first key found wins)."""
+
+ENVIRONMENT_ONLY = frozenset({"sdk_disabled"})
+"""Options `configure()` takes no argument for: OpenTelemetry's own switch is the environment's."""
+
+ARGUMENT = "argument"
+DEFAULT = "default"
+
+
+def _from_resource(field: str, resource: Mapping[str, str]) -> str | None:
+    for key in _RESOURCE_KEYS[field]:
+        if resource.get(key):
+            return resource[key]
+    return None
+
+
+def explain_settings(
+    env: Mapping[str, str] | None = None, **given: Any
+) -> tuple[Settings, dict[str, str]]:
+    """Resolve settings as `resolve_settings()` does, and say where each value came from.
 
     Args:
         env: The environment to read (defaults to `os.environ`).
         **given: Values given to `configure()`; `None` means "not given".
+
+    Returns:
+        The settings, and for each option's field its source: `"argument"`, the environment
+        variable as `"$NAME"`, or `"default"` (also for a default derived from another setting).
+        `resource_attributes` given both ways is `"argument+$OTEL_RESOURCE_ATTRIBUTES"`.
 
     Raises:
         ConfigurationError: a value is invalid, or an argument is unknown.
@@ -645,23 +693,52 @@ def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Sett
             field=unknown[0],
         )
     values: dict[str, Any] = {}
-    explicit: set[str] = set()
+    sources: dict[str, str] = {}
     for option in OPTIONS:
-        value, was_set = _resolve(option, given.get(option.field), env)
+        if option.field in IDENTITY:
+            continue
+        value, was_set = _from_argument(option, given.get(option.field))
+        source = ARGUMENT
+        if not was_set:
+            value, was_set = _from_environment(option, env)
+            source = f"${option.env}"
         if was_set:
             values[option.field] = value
-            explicit.add(option.field)
+            sources[option.field] = source
 
-    resource = values.get("resource_attributes", {})
+    # The deployment's identity: each layer is asked in turn, the first with a value wins.
     # OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES, as the OTel spec says.
-    for field, key in (
-        ("service_name", "service.name"),
-        ("service_version", "service.version"),
-        ("environment", "deployment.environment.name"),
-        ("environment", "deployment.environment"),
-    ):
-        if values.get(field) is None and resource.get(key):
-            values[field] = resource[key]
+    resource_option = _OPTIONS_BY_FIELD["resource_attributes"]
+    env_resource, env_has_resource = _from_environment(resource_option, env)
+    code_resource, code_has_resource = _from_argument(
+        resource_option, given.get("resource_attributes")
+    )
+    if env_has_resource or code_has_resource:
+        # Key by key, the environment's pairs win over the code's.
+        values["resource_attributes"] = {**(code_resource or {}), **(env_resource or {})}
+        sources["resource_attributes"] = "+".join(
+            name
+            for name, present in (
+                (ARGUMENT, code_has_resource),
+                ("$OTEL_RESOURCE_ATTRIBUTES", env_has_resource),
+            )
+            if present
+        )
+    for field in ("service_name", "service_version", "environment"):
+        option = _OPTIONS_BY_FIELD[field]
+        from_env, _ = _from_environment(option, env)
+        from_code, _ = _from_argument(option, given.get(field))
+        for value, source in (
+            (from_env, f"${option.env}"),
+            (_from_resource(field, env_resource or {}), "$OTEL_RESOURCE_ATTRIBUTES"),
+            (from_code, ARGUMENT),
+            (_from_resource(field, code_resource or {}), ARGUMENT),
+        ):
+            if value is not None:
+                values[field], sources[field] = value, source
+                break
+
+    explicit = set(values)
     # An option given as empty (None after parsing) falls back to its default, except
     # metrics_path, where empty means "serve no metrics".
     values = {
@@ -686,4 +763,22 @@ def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Sett
             field="traces_file",
             env_var="TODO_OBS_TRACES_FILE",
         )
-    return settings
+    everything = {option.field: sources.get(option.field, DEFAULT) for option in OPTIONS}
+    return settings, everything
+
+
+def resolve_settings(env: Mapping[str, str] | None = None, **given: Any) -> Settings:
+    """Resolve settings from keyword arguments, the environment and defaults.
+
+    Each setting takes the argument, else its environment variable, else its default; the
+    identity settings (`IDENTITY`: service name, version, environment, resource attributes)
+    take the environment first and the argument as their default.
+
+    Args:
+        env: The environment to read (defaults to `os.environ`).
+        **given: Values given to `configure()`; `None` means "not given".
+
+    Raises:
+        ConfigurationError: a value is invalid, or an argument is unknown.
+    """
+    return explain_settings(env, **given)[0]

@@ -14,7 +14,7 @@ import httpx
 from opentelemetry import baggage, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from todo_observability._propagate import propagate
+from todo_observability._propagate import propagate, sending_as
 from todo_observability.context import (
     BAGGAGE_REQUEST_ID,
     BAGGAGE_USER_ID,
@@ -146,7 +146,8 @@ class AsyncInstrumentedTransport(httpx.AsyncBaseTransport):
         """Send `request` inside a CLIENT span with propagation headers."""
         call = _Call(request, self.observability)
         try:
-            response = await self.transport.handle_async_request(request)
+            with sending_as(call.span):
+                response = await self.transport.handle_async_request(request)
         except BaseException as exc:
             call.finish(None, exc)
             raise
@@ -174,7 +175,8 @@ class InstrumentedTransport(httpx.BaseTransport):
         """Send `request` inside a CLIENT span with propagation headers."""
         call = _Call(request, self.observability)
         try:
-            response = self.transport.handle_request(request)
+            with sending_as(call.span):
+                response = self.transport.handle_request(request)
         except BaseException as exc:
             call.finish(None, exc)
             raise

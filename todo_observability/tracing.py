@@ -1,13 +1,17 @@
 """Tracing: the tracer provider, its sampler and exporters, and the `traced` decorator.
 
-Spans leave through a batch processor with a bounded queue. An unreachable
-collector costs the request path nothing: exports happen on the processor's
-thread, a failing exporter is skipped (without encoding spans) while it backs
-off, and every span that is never exported is counted in
+Spans leave through a batch processor with a bounded queue. For Zipkin (and the
+Zipkin file) each span is encoded to bytes when it ends and the bytes are queued
+(`todo_observability._export`), so that queued spans give the garbage collector
+nothing to track; other exporters get OpenTelemetry's batch processor. An
+unreachable collector costs the request path nothing more: exports happen on the
+processor's thread, a failing exporter is skipped while it backs off, and every
+span that is never exported is counted in
 `todo_observability_spans_dropped_total{reason}`.
 
 Nothing secret leaves with a span: every exporter the SDK builds sits behind
-`ScrubbingSpanExporter`, and the SDK's own spans (`traced`, outgoing calls) are
+`ScrubbingSpanExporter` (Zipkin's and the file's scrub the same way as they encode),
+and the SDK's own spans (`traced`, outgoing calls) are
 scrubbed when they are recorded, for span processors of your own too.
 """
 
@@ -41,6 +45,14 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, Status, StatusCode
 
 from todo_observability._decorators import ContextDecorator
+from todo_observability._export import (
+    NOT_SECRET_KEYS,
+    EncodedBatchSpanProcessor,
+    EncodedSpanSink,
+    ZipkinJsonEncoder,
+    ZipkinJsonExporter,
+    join,
+)
 from todo_observability.context import _current_signals
 from todo_observability.exceptions import MissingExtraError, _describe
 from todo_observability.redaction import REDACTED, Redactor
@@ -64,8 +76,7 @@ __all__ = [
 
 
 _log = logging.getLogger("todo_observability.tracing")
-# Attributes of the SDK's own whose names look sensitive but whose values are not secrets.
-_NOT_SECRET_KEYS = frozenset({"messaging.kafka.message.key"})
+_NOT_SECRET_KEYS = NOT_SECRET_KEYS
 
 
 def _scrub_attributes(
@@ -266,12 +277,21 @@ class GuardedSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Export `spans`, or drop and count them while the exporter backs off."""
+        exporter = self.exporter
+        return self._guarded(len(spans), lambda: exporter.export(spans))
+
+    def export_encoded(self, encoded: Sequence[bytes]) -> SpanExportResult:
+        """Write spans encoded by the wrapped sink's encoder, or drop and count them while it backs off."""
+        sink: EncodedSpanSink = self.exporter  # type: ignore[assignment]
+        return self._guarded(len(encoded), lambda: sink.write_encoded(encoded))
+
+    def _guarded(self, count: int, send: Callable[[], SpanExportResult]) -> SpanExportResult:
         if self._backoff and time.monotonic() < self._retry_at:
-            self._unavailable.inc(len(spans))
-            self.failed += len(spans)
+            self._unavailable.inc(count)
+            self.failed += count
             return SpanExportResult.FAILURE
         deadline = self.deadline
-        result, error = self._attempt(spans, deadline)
+        result, error = self._attempt(send, deadline)
         if (
             result is not SpanExportResult.SUCCESS
             and not self._backoff
@@ -281,7 +301,7 @@ class GuardedSpanExporter(SpanExporter):
             # connection that the server timed out just as the batch was sent fails with no
             # answer, and the retry opens a fresh one. A collector that is really down costs
             # one extra call per outage, not per batch.
-            result, error = self._attempt(spans, deadline)
+            result, error = self._attempt(send, deadline)
         if result is SpanExportResult.SUCCESS:
             if self._backoff:
                 _log.warning("%s recovered; spans are exported again", self._name)
@@ -296,12 +316,12 @@ class GuardedSpanExporter(SpanExporter):
         # The backoff is in place before the drop is counted: whoever sees the count sees it.
         self._backoff = min(self._max_backoff, self._backoff * 2 or 1.0)
         self._retry_at = time.monotonic() + self._backoff
-        self.failed += len(spans)
-        self._export_failed.inc(len(spans))
+        self.failed += count
+        self._export_failed.inc(count)
         return result
 
     def _attempt(
-        self, spans: Sequence[ReadableSpan], deadline: float | None
+        self, send: Callable[[], SpanExportResult], deadline: float | None
     ) -> tuple[SpanExportResult, Exception | None]:
         knob, timeout = self._knob, self._timeout
         left = None if deadline is None else deadline - time.monotonic()
@@ -311,7 +331,7 @@ class GuardedSpanExporter(SpanExporter):
             budget = min(timeout, left)
             setattr(*knob, budget)
         try:
-            return self.exporter.export(spans), None
+            return send(), None
         except Exception as exc:  # noqa: BLE001 - an exporter must never break the processor thread
             return SpanExportResult.FAILURE, exc
         finally:
@@ -432,30 +452,33 @@ class ZipkinFileSpanExporter(SpanExporter):
 
     For local runs without a collector: the file can be read by `todo-obs`,
     uploaded to Zipkin's `/api/v2/spans` line by line, or inspected with jq.
+    The spans are those the Zipkin exporter posts (`ZipkinJsonEncoder`), scrubbed.
+
+    Args:
+        path: The file, appended to.
+        redactor: What the spans are scrubbed of; default patterns when omitted.
     """
 
-    def __init__(self, path: str):
-        from opentelemetry.exporter.zipkin.json.v2 import JsonV2Encoder
-        from opentelemetry.exporter.zipkin.node_endpoint import NodeEndpoint
-
+    def __init__(self, path: str, redactor: Redactor | None = None):
         self.path = path
-        self._encoder = JsonV2Encoder()
-        self._node = NodeEndpoint()
+        self.encoder = ZipkinJsonEncoder(redactor)
         self._lock = threading.Lock()
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in shutdown()
+        self._file = open(path, "ab")  # noqa: SIM115 - closed in shutdown()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Append one line holding `spans`."""
-        if not spans:
+        encode = self.encoder.encode
+        return self.write_encoded([encode(span) for span in spans])
+
+    def write_encoded(self, encoded: Sequence[bytes]) -> SpanExportResult:
+        """Append one line holding spans already encoded by `encoder`."""
+        if not encoded:
             return SpanExportResult.SUCCESS
-        service = spans[0].resource.attributes.get("service.name")
-        if isinstance(service, str):
-            self._node.service_name = service
-        line: str = self._encoder.serialize(spans, self._node)  # type: ignore[arg-type]
+        line = join(encoded) + b"\n"
         with self._lock:
             if self._file.closed:
                 return SpanExportResult.FAILURE
-            self._file.write(line + "\n")
+            self._file.write(line)
             self._file.flush()
         return SpanExportResult.SUCCESS
 
@@ -466,19 +489,26 @@ class ZipkinFileSpanExporter(SpanExporter):
 
 
 def _exporter(name: str, settings: Settings) -> SpanExporter:
-    if name == "zipkin":
-        from opentelemetry.exporter.zipkin.json import ZipkinExporter
-
-        return ZipkinExporter(endpoint=settings.zipkin_endpoint, timeout=5)
     if name == "otlp":
         return _otlp_exporter(settings)
-    if name == "console":
-        # The SDK's default binds the sys.stdout of import time; use today's.
-        # One line per span: stdout stays a stream of JSON lines, the logs' among them.
-        return ConsoleSpanExporter(out=sys.stdout, formatter=_one_line)
-    assert name == "file"
-    assert settings.traces_file
-    return ZipkinFileSpanExporter(settings.traces_file)
+    assert name == "console"
+    # The SDK's default binds the sys.stdout of import time; use today's.
+    # One line per span: stdout stays a stream of JSON lines, the logs' among them.
+    return ConsoleSpanExporter(out=sys.stdout, formatter=_one_line)
+
+
+def _encoding_processor(
+    name: str, settings: Settings, redactor: Redactor, dropped: Counter
+) -> SpanProcessor:
+    """The batch processor of a Zipkin sink: spans encoded (and scrubbed) as they end."""
+    sink: SpanExporter
+    if name == "zipkin":
+        sink = ZipkinJsonExporter(settings.zipkin_endpoint, timeout=5, redactor=redactor)
+    else:
+        assert name == "file"
+        assert settings.traces_file
+        sink = ZipkinFileSpanExporter(settings.traces_file, redactor)
+    return EncodedBatchSpanProcessor(GuardedSpanExporter(sink, dropped), dropped)
 
 
 def _otlp_exporter(settings: Settings) -> SpanExporter:
@@ -538,7 +568,8 @@ def build_tracer_provider(
     """A provider with the configured sampler (by default ParentBased(TraceIdRatioBased(ratio))) and exporters.
 
     Every exporter, the in-memory one included, sits behind a `ScrubbingSpanExporter`
-    using `redactor` (default: one with the configured `redact_keys`).
+    using `redactor` (default: one with the configured `redact_keys`), or, for Zipkin and
+    the Zipkin file, encodes spans through a `ZipkinJsonEncoder` that scrubs as it does.
 
     Returns the provider and, when the `memory` exporter is configured, its exporter.
     """
@@ -554,6 +585,8 @@ def build_tracer_provider(
         if name == "memory":
             memory = InMemorySpanExporter()
             processor = SimpleSpanProcessor(ScrubbingSpanExporter(memory, redactor))
+        elif name in ("zipkin", "file"):
+            processor = _encoding_processor(name, settings, redactor, dropped)
         else:
             processor = CountingBatchSpanProcessor(
                 GuardedSpanExporter(

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from reference_app.backend.models import Base
+from todo_observability import instrument_sqlalchemy
 
 UNAVAILABLE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 """Errors that say the database cannot be reached or used now (not that a query is wrong)."""
@@ -55,6 +56,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             url, connect_args=connect_args, pool_pre_ping=True
         )
+        instrument_sqlalchemy(self.engine)  # a span per statement, in the request's trace
         if self.is_sqlite:
             _serialise_sqlite_writers(self.engine)
         self.sessions: async_sessionmaker[AsyncSession] = async_sessionmaker(

@@ -488,5 +488,5 @@ async def _set_once(
     return task, cast("CursorResult[Any]", result).rowcount > 0
 
 
-def _own(identity: Identity, task_id: int) -> Select[Task]:
+def _own(identity: Identity, task_id: int) -> Select[tuple[Task]]:
     return select(Task).where(Task.id == task_id, Task.user_id == identity.user_id)

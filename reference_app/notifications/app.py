@@ -30,7 +30,7 @@ from reference_app.notifications.reminders import (
     SqlSentReminders,
 )
 from reference_app.notifications.settings import Settings
-from todo_observability import configure, get_logger
+from todo_observability import configure, get_logger, instrument_sqlalchemy
 from todo_observability.dapr import (
     DaprClient,
     InMemoryDeadLetterStore,
@@ -102,6 +102,8 @@ def create_app(
         from sqlalchemy.ext.asyncio import create_async_engine
 
         engine = create_async_engine(settings.dlq_database_url)
+
+        instrument_sqlalchemy(engine)
         dead_letters = SqlDeadLetterStore(engine, table_prefix=DEAD_LETTER_TABLE_PREFIX)
         # The sent reminders beside the dead letters: both must outlive a restart, or a
         # reminder replayed (or retried) on a new process is e-mailed twice.

@@ -35,6 +35,24 @@ NEXT_OCCURRENCE = Flow(
             "SERVER",
             descendant_of="invoke-complete",
         ),
+        # The backend's SQL (instrument_sqlalchemy): the task marked complete and its event
+        # written to the outbox, in the transaction that commits both.
+        Step(
+            "complete-task-row",
+            "backend",
+            "UPDATE *",
+            "CLIENT",
+            parent=("backend-complete",),
+            tags={"db.statement": "UPDATE tasks SET *"},
+        ),
+        Step(
+            "complete-outbox-row",
+            "backend",
+            "INSERT *",
+            "CLIENT",
+            parent=("backend-complete",),
+            tags={"db.statement": "INSERT INTO outbox *"},
+        ),
         Step("publish", "backend", "task-events publish", "PRODUCER", parent=("backend-complete",)),
         # recurring-task-service's sidecar delivering the event (DAPR.md §1.5); absent when
         # that sidecar does not trace, and then the CloudEvent's traceparent (the producer)
@@ -70,6 +88,14 @@ NEXT_OCCURRENCE = Flow(
             tags={"rpc.service": "backend", "rpc.method": "tasks"},
         ),
         Step("create-next", "backend", "POST /tasks", "SERVER", descendant_of="invoke-create"),
+        Step(
+            "create-next-row",
+            "backend",
+            "INSERT *",
+            "CLIENT",
+            parent=("create-next",),
+            tags={"db.statement": "INSERT INTO tasks *"},
+        ),
     ),
 )
 """Task completion → next occurrence."""

@@ -21,7 +21,7 @@ from reference_app.common.events import (
 )
 from reference_app.recurring.handler import NextOccurrences
 from reference_app.recurring.settings import Settings
-from todo_observability import configure, get_logger
+from todo_observability import configure, get_logger, instrument_sqlalchemy
 from todo_observability.dapr import (
     DaprClient,
     DaprStateIdempotencyStore,
@@ -91,6 +91,8 @@ def create_app(
         from sqlalchemy.ext.asyncio import create_async_engine
 
         engine = create_async_engine(settings.dlq_database_url)
+
+        instrument_sqlalchemy(engine)
         dead_letters = SqlDeadLetterStore(engine)
     else:
         dead_letters = InMemoryDeadLetterStore()

@@ -19,9 +19,35 @@ def test_config_shows_each_setting_and_its_source(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OTEL_SERVICE_NAME", "backend")
     status, out = run("config")
     assert status == 0
-    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
-    assert rows["service_name"][1:] == ["backend", "$OTEL_SERVICE_NAME"]
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in out.splitlines()[1:]}
+    assert rows["service_name"][1:] == ["backend", "$OTEL_SERVICE_NAME (beats configure())"]
     assert rows["metrics_path"][1:] == ["/metrics", "default"]
+
+
+def test_config_says_how_each_variable_ranks_against_configure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TODO_OBS_ENVIRONMENT", "prod")
+    monkeypatch.setenv("TODO_OBS_LOG_LEVEL", "debug")
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in run("config")[1].splitlines()[1:]}
+    assert rows["environment"][1:] == ["prod", "$TODO_OBS_ENVIRONMENT (beats configure())"]
+    assert rows["log_level"][1:] == ["DEBUG", "$TODO_OBS_LOG_LEVEL (yields to configure())"]
+    assert rows["sample_ratio"][1:] == ["0.1", "default"]
+
+
+def test_config_gives_no_rank_to_a_variable_configure_has_no_argument_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import inspect
+
+    from todo_observability import configure
+    from todo_observability.config import ENVIRONMENT_ONLY, OPTIONS
+
+    arguments = set(inspect.signature(configure).parameters)
+    assert {o.field for o in OPTIONS} - arguments == ENVIRONMENT_ONLY
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in run("config")[1].splitlines()[1:]}
+    assert rows["sdk_disabled"][1:] == ["True", "$OTEL_SDK_DISABLED"]
 
 
 def test_config_reports_an_invalid_environment(
@@ -116,11 +142,30 @@ def test_trace_rejects_a_file_that_is_not_spans(tmp_path: Path) -> None:
     assert run("trace", str(empty)) == (1, f"{empty}: no spans\n")
 
 
+def test_trace_says_when_the_file_or_the_trace_is_not_there(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(
+        SystemExit, match=r"missing.jsonl: cannot read the span file \(No such file"
+    ):
+        run("trace", str(missing))
+    with pytest.raises(SystemExit, match=r"cannot read the span file"):
+        run("trace", str(tmp_path))  # a folder
+    spans = tmp_path / "spans.jsonl"
+    spans.write_text(json.dumps([{"traceId": "a" * 32, "id": "1" * 16, "name": "GET"}]) + "\n")
+    status, out = run("trace", str(spans), "--trace-id", "b" * 32)
+    assert status == 1
+    assert f"no span of trace {'b' * 32}" in out
+    assert run("trace", str(spans), "--trace-id", "A" * 32)[0] == 0
+
+
 def test_config_names_resource_attributes_as_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
     monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=recurring")
-    rows = {line.split()[0]: line.split() for line in run("config")[1].splitlines()[1:]}
-    assert rows["service_name"][1:] == ["recurring", "$OTEL_RESOURCE_ATTRIBUTES"]
+    rows = {line.split()[0]: line.split(maxsplit=2) for line in run("config")[1].splitlines()[1:]}
+    assert rows["service_name"][1:] == [
+        "recurring",
+        "$OTEL_RESOURCE_ATTRIBUTES (beats configure())",
+    ]
 
 
 def test_dlq_says_when_the_service_cannot_be_reached() -> None:

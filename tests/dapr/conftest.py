@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from todo_observability.testing.sidecar import Broker, RetryPolicy, Sidecar
+from todo_observability.testing.sidecar import Broker, RetryPolicy, Sidecar, SidecarSpec
+from todo_observability.testing.sidecar.runner import run_sidecars
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 APP_SPAN_ID = "00f067aa0ba902b7"
@@ -151,7 +154,7 @@ async def publish(
     topic: str = "orders",
     pubsub: str = "pubsub",
     content: bytes | None = None,
-    headers: dict[str, str] | None = None,
+    headers: dict[str, str] | list[tuple[str, str]] | None = None,
     metadata: dict[str, str] | None = None,
 ) -> httpx.Response:
     """POST /v1.0/publish through the sidecar's API, JSON unless `content` is given."""
@@ -169,3 +172,21 @@ async def publish(
 def only(items: Sequence[Any]) -> Any:
     assert len(items) == 1, items
     return items[0]
+
+
+@contextlib.asynccontextmanager
+async def serve_sidecars(*specs: SidecarSpec, **options: Any) -> AsyncIterator[list[Sidecar]]:
+    """Serve emulated sidecars over real HTTP (uvicorn, in this event loop), as the command does.
+
+    Yields once every sidecar has read its app's subscriptions.
+    """
+    stop = asyncio.Event()
+    ready: asyncio.Future[list[Sidecar]] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run_sidecars(specs, stop=stop, on_ready=ready.set_result, **options))
+    try:
+        sidecars = await asyncio.wait_for(asyncio.shield(ready), 20)
+        await sidecars[0].broker.wait_for(lambda: all(s.ready for s in sidecars), timeout=20)
+        yield sidecars
+    finally:
+        stop.set()
+        await task

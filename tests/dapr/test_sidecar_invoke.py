@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.helpers import free_port, serve_app
+from todo_observability.testing.sidecar import SidecarSpec
 
 from .conftest import (
     APP_SPAN_ID,
@@ -16,6 +23,7 @@ from .conftest import (
     by_name,
     only,
     parent_span_id,
+    serve_sidecars,
 )
 
 pytestmark = pytest.mark.anyio
@@ -191,3 +199,85 @@ async def test_an_app_can_invoke_itself(make_sidecar: SidecarFactory) -> None:
     async with sidecar.client() as client:
         response = await client.get("/v1.0/invoke/backend/method/ping")
     assert response.text == "pong"
+
+
+# --- what Go's net/http and daprd's metadata do to headers ------------------------------------
+
+
+async def test_an_answer_without_content_type_gets_the_one_go_sniffs(
+    make_sidecar: SidecarFactory,
+) -> None:
+    caller_app, callee_app = FakeApp(), FakeApp()
+    callee_app.answer("/json", Response(b'{"ok": true}'))
+    callee_app.answer("/page", Response(b"  <html><body>hi</body></html>"))
+    callee_app.answer("/bytes", Response(b"\x00\x01\x02"))
+    callee_app.answer("/typed", Response(b"{}", media_type="application/problem+json"))
+    caller = await make_sidecar(caller_app, app_id="backend")
+    await make_sidecar(callee_app, app_id="recurring")
+    async with caller.client() as client:
+        answers = {
+            path: (await client.get(f"/v1.0/invoke/recurring/method/{path}")).headers
+            for path in ("json", "page", "bytes", "typed")
+        }
+    assert answers["json"].get_list("content-type") == ["text/plain; charset=utf-8"]
+    assert answers["page"]["content-type"] == "text/html; charset=utf-8"
+    assert answers["bytes"]["content-type"] == "application/octet-stream"
+    assert answers["typed"].get_list("content-type") == ["application/problem+json"]
+
+
+async def test_repeated_headers_cross_an_invocation_with_their_first_value(
+    make_sidecar: SidecarFactory,
+) -> None:
+    caller_app, callee_app = FakeApp(), FakeApp()
+    answer = Response(b"ok", media_type="text/plain")
+    answer.raw_headers += [(b"x-answer", b"first"), (b"x-answer", b"second")]
+    callee_app.answer("/tasks", answer)
+    caller = await make_sidecar(caller_app, app_id="backend")
+    await make_sidecar(callee_app, app_id="recurring")
+    async with caller.client() as client:
+        response = await client.get(
+            "/v1.0/invoke/recurring/method/tasks",
+            headers=[("x-tenant", "a"), ("x-tenant", "b")],
+        )
+    assert response.headers.get_list("x-answer") == ["first"]
+    assert only(callee_app.received("/tasks")).headers["x-tenant"] == "a"
+
+
+async def test_the_first_of_repeated_traceparent_headers_is_the_parent(
+    make_sidecar: SidecarFactory, spans: InMemorySpanExporter
+) -> None:
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    caller_app, callee_app = FakeApp(), FakeApp()
+    caller = await make_sidecar(caller_app, app_id="backend")
+    await make_sidecar(callee_app, app_id="recurring")
+    async with caller.client() as client:
+        await client.get(
+            "/v1.0/invoke/recurring/method/ping",
+            headers=[("traceparent", APP_TRACEPARENT), ("traceparent", other)],
+        )
+    client_span = only(
+        [s for s in by_name(spans, "CallLocal/recurring/ping") if s.kind is SpanKind.CLIENT]
+    )
+    assert client_span.parent is not None
+    assert f"{client_span.parent.span_id:016x}" == APP_SPAN_ID
+    assert f"{client_span.context.trace_id:032x}" == TRACE_ID
+
+
+async def test_a_served_invocation_has_one_date_header() -> None:
+    app_port, dapr_port = free_port(), free_port()
+
+    async def ping(request: Request) -> Response:
+        return Response(b'{"pong": true}')  # uvicorn adds the app's Date; no Content-Type
+
+    app = Starlette(routes=[Route("/ping", ping)])
+    async with (
+        serve_app(app, app_port),
+        serve_sidecars(SidecarSpec("recurring", app_port, dapr_port)),
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{dapr_port}") as client,
+    ):
+        invoked = await client.get("/v1.0/invoke/recurring/method/ping")
+        health = await client.get("/v1.0/healthz")
+    assert invoked.status_code == 200
+    assert len(invoked.headers.get_list("date")) == 1
+    assert len(health.headers.get_list("date")) == 1
+    assert invoked.headers["content-type"] == "text/plain; charset=utf-8"

@@ -515,3 +515,78 @@ async def test_bulk_publish_raw_payload_and_binary_entries(make_sidecar: Sidecar
     )
     assert mismatch.status_code == 500
     assert mismatch.json()["errorCode"] == "ERR_PUBSUB_CLOUD_EVENTS_SER"
+
+
+async def test_bulk_publish_reads_keys_in_any_letter_case_as_the_js_sdk_sends_them(
+    make_sidecar: SidecarFactory,
+) -> None:
+    sidecar = await make_sidecar(FakeApp())
+    response = await bulk_publish(
+        sidecar,
+        [
+            {"entryID": "a", "event": {"n": 1}, "contentType": "application/json"},
+            {"EntryId": "b", "Event": "two", "ContentType": "text/plain", "METADATA": {"k": "v"}},
+        ],
+    )
+    assert response.status_code == 204
+    first, second = (json.loads(record.value) for record in sidecar.published)
+    assert (first["data"], second["data"]) == ({"n": 1}, "two")
+    assert dict(sidecar.published[1].headers) == {"k": "v"}
+
+
+async def test_bulk_publish_events_are_go_values_numbers_float64(
+    make_sidecar: SidecarFactory,
+) -> None:
+    sidecar = await make_sidecar(FakeApp())
+    response = await bulk_publish(
+        sidecar,
+        [
+            {
+                "entryId": "a",
+                "event": {"n": 1.0, "id": 12345678901234567890, "s": "<&>"},
+                "contentType": "application/json",
+            }
+        ],
+    )
+    assert response.status_code == 204
+    assert (
+        b'"data":{"id":12345678901234567000,"n":1,"s":"\\u003c\\u0026\\u003e"}'
+        in sidecar.published[0].value
+    )
+
+
+async def test_bulk_publish_reports_go_s_decoding_error(make_sidecar: SidecarFactory) -> None:
+    sidecar = await make_sidecar(FakeApp())
+    response = await bulk_publish(sidecar, [{"entryId": 7, "event": 1}])
+    assert response.status_code == 400
+    assert response.json()["message"] == (
+        "error when unmarshaling the request for topic orders pubsub pubsub: json: cannot "
+        "unmarshal number into Go struct field bulkPublishMessageEntry.entryId of type string"
+    )
+
+
+# --- daprd's trace flags ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rate", "flags"), [(1.0, "01"), (1e-12, "00")])
+async def test_root_spans_carry_daprd_s_trace_flags(
+    make_sidecar: SidecarFactory, rate: float, flags: str
+) -> None:
+    sidecar = await make_sidecar(FakeApp(), sampling_rate=rate)
+    response = await publish(sidecar, {"n": 1})
+    event = json.loads(only(sidecar.published).value)
+    assert response.headers["traceparent"].endswith(f"-{flags}")
+    assert event["traceparent"].endswith(f"-{flags}")
+    assert event["traceid"] == event["traceparent"]
+
+
+async def test_the_first_of_repeated_traceparent_headers_is_the_publish_s_parent(
+    make_sidecar: SidecarFactory,
+) -> None:
+    other = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sidecar = await make_sidecar(FakeApp())
+    await publish(
+        sidecar, {"n": 1}, headers=[("traceparent", APP_TRACEPARENT), ("traceparent", other)]
+    )
+    event = json.loads(only(sidecar.published).value)
+    assert event["traceparent"].split("-")[1] == TRACE_ID

@@ -22,6 +22,8 @@ ACK_ROWS = [
     pytest.param(JSONResponse({"handled": True}), None, id="2xx-json-without-status"),
     pytest.param(JSONResponse({"status": 5}), None, id="2xx-status-not-a-string"),
     pytest.param(JSONResponse({"status": "SUCCESS"}), "SUCCESS", id="2xx-SUCCESS"),
+    pytest.param(JSONResponse([{"status": "RETRY"}]), None, id="2xx-a-list-is-not-an-answer"),
+    pytest.param(JSONResponse({"status": None}), None, id="2xx-status-null"),
 ]
 
 
@@ -45,6 +47,10 @@ RETRY_ROWS = [
     pytest.param(JSONResponse({"status": "PAUSE"}), 200, "PAUSE", id="2xx-unknown-status"),
     pytest.param(
         JSONResponse({"status": "success"}), 200, "success", id="status-is-case-sensitive"
+    ),
+    pytest.param(JSONResponse({"Status": "RETRY"}), 200, "RETRY", id="key-in-any-letter-case"),
+    pytest.param(
+        Response(b'{"status": "RETRY"} and more', 200), 200, "RETRY", id="first-value-counts"
     ),
     pytest.param(Response(status_code=400), 400, None, id="400"),
     pytest.param(Response(status_code=409), 409, None, id="409"),

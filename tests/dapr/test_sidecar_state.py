@@ -180,3 +180,56 @@ async def test_state_stores_are_configurable(make_sidecar: SidecarFactory) -> No
     sidecar = await make_sidecar(FakeApp(), state_stores=["cache"])
     assert (await save(sidecar, {"key": "k", "value": 1}, store="cache")).status_code == 204
     assert (await save(sidecar, {"key": "k", "value": 1})).status_code == 400
+
+
+# --- read as Go reads the bodies ----------------------------------------------------------------
+
+
+async def test_save_reads_keys_in_any_letter_case(sidecar: Sidecar) -> None:
+    response = await save(sidecar, {"Key": "task-1", "Value": {"title": "write"}, "ETAG": ""})
+    assert response.status_code == 204
+    assert (await get(sidecar, "task-1")).json() == {"title": "write"}
+
+
+async def test_saved_numbers_go_through_float64(sidecar: Sidecar) -> None:
+    async with sidecar.client() as client:
+        await client.post(
+            "/v1.0/state/statestore",
+            content=b'[{"key":"k","value":{"n":1.0,"id":12345678901234567890}}]',
+        )
+    assert (await get(sidecar, "k")).content == b'{"id":12345678901234567000,"n":1}'
+
+
+async def test_a_save_of_the_wrong_type_answers_go_s_error(sidecar: Sidecar) -> None:
+    response = await save(sidecar, {"key": 1})
+    assert response.status_code == 400
+    assert response.json() == {
+        "errorCode": "ERR_MALFORMED_REQUEST",
+        "message": "json: cannot unmarshal number into Go struct field SetRequest.key of type "
+        "string",
+    }
+
+
+async def test_bulk_get_and_transactions_read_keys_in_any_letter_case(sidecar: Sidecar) -> None:
+    async with sidecar.client() as client:
+        done = await client.post(
+            "/v1.0/state/statestore/transaction",
+            json={
+                "Operations": [
+                    {"Operation": "upsert", "Request": {"KEY": "a", "value": 1}},
+                    {"operation": "upsert", "request": {"key": "b", "Value": 2}},
+                ]
+            },
+        )
+        bulk = await client.post("/v1.0/state/statestore/bulk", json={"Keys": ["a", "b"]})
+        refused = await client.post(
+            "/v1.0/state/statestore/transaction",
+            json={"operations": [{"operation": "upsert", "request": {"key": 1}}]},
+        )
+    assert done.status_code == 204
+    assert [(item["key"], item["data"]) for item in bulk.json()] == [("a", 1), ("b", 2)]
+    assert refused.status_code == 400
+    assert refused.json()["message"] == (
+        "failed deserializing HTTP body: 1 error(s) decoding:\n\n"
+        "* 'Key' expected type 'string', got unconvertible type 'float64', value: '1'"
+    )

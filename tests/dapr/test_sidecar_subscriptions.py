@@ -367,3 +367,52 @@ async def test_bulk_entry_statuses_drive_each_message(
     }
     assert [a.outcome for a in sidecar.deliveries if a.offset == 2] == ["retry", "retry"]
     assert all(a.bulk for a in sidecar.deliveries)
+
+
+# --- read as Go reads `[]SubscriptionJSON` ---------------------------------------------------
+
+
+async def test_subscription_keys_in_any_letter_case_are_read(
+    make_sidecar: SidecarFactory, broker: Broker
+) -> None:
+    app = FakeApp(
+        [
+            {"PubsubName": "pubsub", "Topic": "orders", "Route": "orders", "unknown": 1},
+            {"pubsubname": "pubsub", "TOPIC": "tasks", "Routes": {"Rules": [{"Path": "/t"}]}},
+        ]
+    )
+    sidecar = await make_sidecar(app)
+    assert [(s.topic, s.rules[-1].path) for s in sidecar.subscriptions] == [
+        ("orders", "/orders"),
+        ("tasks", "/t"),
+    ]
+    await publish(sidecar, {"n": 1})
+    await broker.idle()
+    assert only(sidecar.results).outcome == "delivered"
+
+
+async def test_a_subscription_field_of_the_wrong_type_loads_none(
+    make_sidecar: SidecarFactory,
+) -> None:
+    sidecar = await make_sidecar(FakeApp([subscription(), {"pubsubname": "pubsub", "topic": 5}]))
+    assert sidecar.subscriptions == []
+    assert sidecar.subscription_errors == [
+        "error getting topics from app: json: cannot unmarshal number into Go struct field "
+        "SubscriptionJSON.topic of type string"
+    ]
+
+
+async def test_bulk_statuses_are_read_in_any_letter_case(
+    make_sidecar: SidecarFactory, broker: Broker
+) -> None:
+    def answer(received: Any) -> Response:
+        entries = received.json()["entries"]
+        return JSONResponse(
+            {"Statuses": [{"EntryID": e["entryId"], "Status": "SUCCESS"} for e in entries]}
+        )
+
+    app = bulk_app(answer)
+    sidecar = await make_sidecar(app)
+    await publish(sidecar, {"n": 1})
+    await broker.idle()
+    assert [(r.outcome, r.reason) for r in sidecar.results] == [("delivered", "success")]

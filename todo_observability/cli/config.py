@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any, TextIO
 
-from todo_observability.config import OPTIONS, resolve_settings
+from todo_observability.config import (
+    DEFAULT,
+    ENVIRONMENT_ONLY,
+    IDENTITY,
+    OPTIONS,
+    explain_settings,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -22,25 +27,21 @@ def add_parser(subcommands: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
-    """Print each setting, its value and its source."""
-    settings = resolve_settings()
-    resource = settings.resource_attributes
-    from_resource = {
-        "service_name": "service.name" in resource,
-        "service_version": "service.version" in resource,
-        "environment": "deployment.environment.name" in resource
-        or "deployment.environment" in resource,
-    }
+    """Print each setting, its value and its source.
+
+    A variable that sets a value is marked with how it ranks against an argument of
+    `configure()`: the identity settings' variables beat one, the others' yield to one (but
+    for the variables `configure()` has no argument for).
+    """
+    settings, sources = explain_settings()
     width = max(len(option.field) for option in OPTIONS)
     out.write(f"{'setting':<{width}} {'value':<45} source\n")
     for option in OPTIONS:
         value = getattr(settings, option.field)
-        if os.environ.get(option.env, "").strip():
-            source = f"${option.env}"
-        elif from_resource.get(option.field):
-            source = "$OTEL_RESOURCE_ATTRIBUTES"
-        else:
-            source = "default"
+        source = sources[option.field]
+        if source != DEFAULT and option.field not in ENVIRONMENT_ONLY:
+            rank = "beats" if option.field in IDENTITY else "yields to"
+            source = f"{source} ({rank} configure())"
         if isinstance(value, tuple):
             value = ",".join(value)
         out.write(f"{option.field:<{width}} {value!s:<45} {source}\n")

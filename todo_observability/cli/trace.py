@@ -35,7 +35,13 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{args.file}: no spans\n")
         return 1
     if args.trace_id:
-        trace_ids = [args.trace_id]
+        trace_ids = [args.trace_id.lower()]
+        if not any(s.get("traceId") == trace_ids[0] for s in spans):
+            out.write(
+                f"{args.file}: no span of trace {args.trace_id}; `todo-obs trace {args.file} "
+                "--all` lists every trace in it\n"
+            )
+            return 1
     elif args.all:
         trace_ids = list(dict.fromkeys(s["traceId"] for s in spans))
     else:

@@ -27,6 +27,7 @@ import httpx
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from todo_observability._json import dumps as _dumps
+from todo_observability._propagate import sending_as
 from todo_observability.context import _current_signals, current_context
 from todo_observability.exceptions import ConfigurationError, ObservabilityError
 from todo_observability.httpclient import inject_correlation
@@ -181,7 +182,8 @@ class DaprClient:
         headers: dict[str, str] = dict(kwargs.pop("headers", None) or {})
         inject_correlation(headers, span, request_id_header=signals.request_id_header)
         try:
-            return await self._http.request(method, path, headers=headers, **kwargs)
+            with sending_as(span):
+                return await self._http.request(method, path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
             raise DaprError(operation, None, UNREACHABLE, f"{type(exc).__name__}: {exc}") from exc
 

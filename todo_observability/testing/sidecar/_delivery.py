@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import re
 import time
 import uuid
@@ -152,12 +151,15 @@ def _app_answer(
     status = response.status_code
     if 200 <= status <= 299:
         try:
-            parsed = json.loads(response.content)
-        except ValueError:
-            return "success", None, None  # a body that is not JSON is an acknowledgement
-        app_status = parsed.get("status") if isinstance(parsed, dict) else None
-        if not isinstance(app_status, str) or app_status in ("", "SUCCESS"):
-            return "success", app_status if isinstance(app_status, str) else None, None
+            # Go's decoder: `{"Status": "RETRY"}` counts, trailing bytes are not read; a body
+            # it cannot decode (not JSON, `{"status": 5}`, a list) is an acknowledgement.
+            app_status = _json.unmarshal(response.content, _json.APP_RESPONSE, stream=True)[
+                "status"
+            ]
+        except _json.GoTypeError:
+            return "success", None, None
+        if app_status in ("", "SUCCESS"):  # the values are matched exactly, case included
+            return "success", app_status or None, None
         if app_status == "DROP":
             return "drop", app_status, None
         if app_status == "RETRY":
@@ -729,12 +731,12 @@ class Consumer:
             status = response.status_code
             if 200 <= status <= 299:
                 try:
-                    answer = json.loads(response.content)
-                    for item in answer.get("statuses") or []:
-                        if isinstance(item, dict) and isinstance(item.get("entryId"), str):
-                            statuses[item["entryId"]] = str(item.get("status") or "")
-                except (ValueError, AttributeError):
-                    error = "failed to read the app's bulk answer: not a statuses object"
+                    answer = _json.unmarshal(response.content, _json.APP_BULK_RESPONSE, stream=True)
+                except _json.GoTypeError as exc:
+                    error = f"failed unmarshalling app response for bulk subscribe: {exc}"
+                else:
+                    for item in answer["statuses"] or []:
+                        statuses[item["entryId"]] = item["status"]
             else:
                 error = f"bulk delivery answered {status}"
         for span in spans:

@@ -90,8 +90,13 @@ def _parse_tracestate(header: str | None) -> TraceState:
 
 
 def format_traceparent(context: SpanContext) -> str:
-    """The W3C `traceparent` of `context`."""
-    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    """The W3C `traceparent` of `context`, with daprd's flags: `01` (sampled) or `00`.
+
+    OpenTelemetry Python also sets the W3C Level 2 "random" flag (`02`) on the trace ids it
+    generates; daprd's Go SDK keeps only the sampled bit, so the emulator writes that alone.
+    """
+    flags = int(context.trace_flags) & TraceFlags.SAMPLED
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{flags:02x}"
 
 
 def format_tracestate(context: SpanContext) -> str:

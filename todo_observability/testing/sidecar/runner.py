@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import make_asgi_app
 
-from todo_observability.exceptions import ConfigurationError
+from todo_observability.exceptions import ConfigurationError, MissingExtraError
 from todo_observability.testing.sidecar.broker import Broker
 from todo_observability.testing.sidecar.metrics import kafka_exporter_registry
 from todo_observability.testing.sidecar.retry import RetryPolicy
@@ -239,15 +239,12 @@ async def run_sidecars(
 
     Raises:
         OSError: a port is already in use.
-        ImportError: uvicorn is not installed.
+        MissingExtraError: uvicorn is not installed (the `sidecar` extra).
     """
     try:
         import uvicorn
     except ImportError:
-        raise ImportError(
-            "The sidecar emulator serves its API with uvicorn, which is not installed. "
-            "Install it with: pip install uvicorn"
-        ) from None
+        raise MissingExtraError("The sidecar emulator", "sidecar", "uvicorn") from None
     if not 0 <= sampling_rate <= 1:
         raise ConfigurationError(
             f"--sampling-rate must be between 0 and 1, got {sampling_rate!r}.",
@@ -307,6 +304,7 @@ async def run_sidecars(
                 access_log=False,
                 lifespan="off",
                 server_header=False,  # Go's net/http sends no Server header
+                date_header=False,  # Go adds Date only when missing: GoServerHeaders does
             )
             server = _server(config)
             servers.append(server)

@@ -27,6 +27,7 @@ from todo_observability.exceptions import ConfigurationError
 from todo_observability.testing.sidecar import _cloudevents, _json
 from todo_observability.testing.sidecar._delivery import Consumer, DeliveryContext
 from todo_observability.testing.sidecar._errors import DaprApiError
+from todo_observability.testing.sidecar._gohttp import GoServerHeaders, first_value, first_values
 from todo_observability.testing.sidecar._jobs import JobContext, JobScheduler, parse_job_request
 from todo_observability.testing.sidecar._state import (
     ETagInvalidError,
@@ -45,7 +46,11 @@ from todo_observability.testing.sidecar._tracing import (
 from todo_observability.testing.sidecar.broker import Broker, Record
 from todo_observability.testing.sidecar.metrics import DaprMetrics, MetricsMiddleware
 from todo_observability.testing.sidecar.retry import RetryPolicy
-from todo_observability.testing.sidecar.subscriptions import Subscription, parse_subscriptions
+from todo_observability.testing.sidecar.subscriptions import (
+    Subscription,
+    SubscriptionError,
+    parse_subscriptions,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -235,8 +240,9 @@ class _ApiMiddleware:
         if not tracing.enabled or path.startswith("/emulator/"):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        parent = parse_traceparent(headers.get("traceparent"), headers.get("tracestate"))
+        raw: RawHeaders = scope["headers"]
+        # Go's `Header.Get`: the first of repeated headers counts.
+        parent = parse_traceparent(first_value(raw, "traceparent"), first_value(raw, "tracestate"))
         span = tracing.start_span(path, SpanKind.CLIENT, parent)
         scope = dict(scope)
         scope["state"] = {**scope.get("state", {}), _SPAN: span}
@@ -639,11 +645,11 @@ class Sidecar:
                 f"app returned http status code {response.status_code} from subscription endpoint"
             )
         try:
-            subscriptions, warnings = parse_subscriptions(
-                _json.loads(response.content), self.pubsubs
-            )
+            subscriptions, warnings = parse_subscriptions(response.content, self.pubsubs)
+        except SubscriptionError as exc:
+            return self._subscription_error(str(exc))
         except ValueError as exc:
-            return self._subscription_error(f"error getting subscriptions: {exc}")
+            return self._subscription_error(f"error getting topics from app: {exc}")
         for warning in warnings:
             self._log.warning("%s", warning)
             self.subscription_errors.append(warning)
@@ -751,6 +757,7 @@ class Sidecar:
         return Starlette(
             routes=routes,
             middleware=[
+                Middleware(GoServerHeaders),
                 Middleware(MetricsMiddleware, metrics=self.metrics),
                 Middleware(_ApiMiddleware, sidecar=self),
             ],
@@ -914,35 +921,24 @@ class Sidecar:
         except ValueError as exc:
             raise DaprApiError.pubsub_metadata(pubsub, str(exc)) from None
         try:
-            entries = _json.loads(await request.body())
-        except ValueError as exc:
+            entries = _json.unmarshal(await request.body(), _json.BULK_PUBLISH_ENTRIES, stream=True)
+        except _json.GoTypeError as exc:
             raise DaprApiError.bulk_unmarshal(pubsub, topic, str(exc)) from None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise DaprApiError.bulk_unmarshal(
-                pubsub,
-                topic,
-                "json: cannot unmarshal object into Go value of type "
-                "[]http.bulkPublishMessageEntry",
-            )
         prepared: list[tuple[str, bytes, dict[str, str], str]] = []
         seen: set[str] = set()
-        for entry in entries:
-            entry_id = entry.get("entryId")
-            content_type = entry.get("contentType")
-            content_type = content_type if _json.is_text(content_type) else ""
+        for entry in entries or []:
+            entry_id, content_type = entry["entryId"], entry["contentType"]
             try:
-                data = _bulk_entry_bytes(entry.get("event"), content_type)
+                data = _bulk_entry_bytes(entry["event"], content_type)
             except ValueError as exc:
                 raise DaprApiError.bulk_marshal_envelope(pubsub, topic, str(exc)) from None
-            if not _json.is_text(entry_id) or not entry_id or entry_id in seen:
+            if not entry_id or entry_id in seen:
                 raise DaprApiError.bulk_marshal_events(
                     pubsub, topic, "entryId is duplicated or not present for entry"
                 )
             seen.add(entry_id)
-            entry_metadata = entry.get("metadata")
             merged = dict(metadata)
-            if isinstance(entry_metadata, dict):
-                merged.update({str(k): str(v) for k, v in entry_metadata.items()})
+            merged.update(entry["metadata"] or {})
             prepared.append((entry_id, data, merged, content_type))
         request_span = _span(request)
         failed: list[dict[str, str]] = []
@@ -1048,10 +1044,12 @@ class Sidecar:
             httpx.HTTPError: the app could not be reached.
         """
         span: Span | None = None
-        forwarded = list(headers)
+        # daprd carries the caller's headers as metadata and sets the first value of each.
+        forwarded = first_values(headers)
         if self.tracing.enabled:
-            values = {k.decode("latin-1"): v.decode("latin-1") for k, v in forwarded}
-            parent = parse_traceparent(values.get("traceparent"), values.get("tracestate"))
+            parent = parse_traceparent(
+                first_value(forwarded, "traceparent"), first_value(forwarded, "tracestate")
+            )
             span = self.tracing.start_span(
                 f"CallLocal/{self.app_id}/{method}",
                 SpanKind.SERVER,
@@ -1089,10 +1087,11 @@ class Sidecar:
             raise
         if span is not None:
             SidecarTracing.end_span(span, response.status_code)
+        # Only the first value of a repeated response header reaches the caller (see _gohttp).
         response_headers = [
-            (n.lower(), v)
-            for n, v in response.headers.raw
-            if n.lower() not in _HOP_BY_HOP and n.lower() != b"content-length"
+            (n, v)
+            for n, v in first_values(response.headers.raw)
+            if n not in _HOP_BY_HOP and n != b"content-length"
         ]
         return response.status_code, response_headers, content
 
@@ -1112,55 +1111,50 @@ class Sidecar:
             raise DaprApiError.state_illegal_key(store.name, key)
 
     @staticmethod
-    async def _json_body(request: Request) -> Any:
+    async def _decode(request: Request, target: _json.GoType) -> Any:
+        """The body as daprd's `json.NewDecoder(body).Decode` reads it into `target`."""
         try:
-            return _json.loads(await request.body())
-        except ValueError as exc:
+            return _json.unmarshal(await request.body(), target, stream=True)
+        except _json.GoTypeError as exc:
             raise DaprApiError.malformed_request(str(exc)) from None
 
     @staticmethod
-    def _ttl(metadata: Any, query: Mapping[str, str]) -> float | None:
-        text = (metadata or {}).get("ttlInSeconds") if isinstance(metadata, dict) else None
-        text = text or query.get("ttlInSeconds")
+    def _ttl(metadata: Mapping[str, str] | None, query: Mapping[str, str]) -> float | None:
+        # Query metadata is merged over the request's own (daprd: query keys win).
+        text = query.get("ttlInSeconds", (metadata or {}).get("ttlInSeconds"))
         try:
-            seconds = int(str(text)) if text is not None else 0
+            seconds = int(text) if text is not None else 0
         except ValueError:
             return None
         return float(seconds) if seconds > 0 else None
 
     def _operation(
-        self, store: StateStore, kind: str, item: Any, query: Mapping[str, str]
+        self, store: StateStore, kind: str, item: Mapping[str, Any], query: Mapping[str, str]
     ) -> Operation:
-        if not isinstance(item, dict):
-            raise DaprApiError.malformed_request("json: cannot unmarshal into state.SetRequest")
-        key = item.get("key")
-        if not _json.is_text(key) or not key:
+        """A decoded `state.SetRequest` (or `DeleteRequest`) as a write."""
+        key: str = item["key"]
+        if not key:
             raise DaprApiError(400, "ERR_MALFORMED_REQUEST", '"key" is a required field')
         self._check_key(store, key)
-        options = item.get("options") or {}
-        etag = item.get("etag")
-        if etag is not None and not _json.is_text(etag):
-            raise DaprApiError.malformed_request("json: etag must be a string")
+        options = item["options"]
         return Operation(
             kind=kind,
             key=key,
-            value=_json.dumps(item.get("value")) if kind == "upsert" else b"",
-            etag=etag or None,
-            first_write=isinstance(options, dict) and options.get("concurrency") == "first-write",
-            ttl=self._ttl(item.get("metadata"), query),
+            value=_json.dumps(item["value"]) if kind == "upsert" else b"",
+            etag=item["etag"] or None,
+            first_write=(options.get("Concurrency") or options.get("concurrency")) == "first-write",
+            ttl=self._ttl(item["metadata"], query),
         )
 
     async def _state_save(self, request: Request) -> Response:
         store = self._store(request)
-        items = await self._json_body(request)
-        if not isinstance(items, list):
-            raise DaprApiError(
-                400,
-                "ERR_MALFORMED_REQUEST",
-                "json: cannot unmarshal object into Go value of type []state.SetRequest",
-            )
+        try:
+            items = _json.unmarshal(await request.body(), _json.STATE_SET_REQUESTS, stream=True)
+        except _json.GoTypeError as exc:
+            # daprd answers the decoder's own message here, without a prefix.
+            raise DaprApiError(400, "ERR_MALFORMED_REQUEST", str(exc)) from None
         query = _metadata_from_query(request)
-        operations = [self._operation(store, "upsert", item, query) for item in items]
+        operations = [self._operation(store, "upsert", item, query) for item in items or []]
         try:
             for operation in operations:
                 store.write(operation)
@@ -1213,34 +1207,37 @@ class Sidecar:
 
     async def _state_bulk(self, request: Request) -> Response:
         store = self._store(request)
-        body = await self._json_body(request)
-        keys = body.get("keys") if isinstance(body, dict) else None
-        if not isinstance(keys, list) or not all(_json.is_text(k) for k in keys):
-            raise DaprApiError.malformed_request("json: keys must be a list of strings")
+        body = await self._decode(request, _json.BULK_GET_REQUEST)
         answers: list[dict[str, Any]] = []
-        for key in keys:
+        for key in body["keys"] or []:
             self._check_key(store, key)
             found = store.get(key)
             if found is None:
                 answers.append(_json.Struct(key=key))
             else:
                 answers.append(_json.Struct(key=key, data=_json.loads(found[0]), etag=found[1]))
-        return Response(_json.dumps(answers), media_type="application/json")
+        # daprd writes it with a `json.Encoder`, which ends the document with a newline.
+        return Response(_json.dumps(answers) + b"\n", media_type="application/json")
 
     async def _state_transaction(self, request: Request) -> Response:
         store = self._store(request)
-        body = await self._json_body(request)
-        if not isinstance(body, dict):
-            raise DaprApiError.malformed_request("json: the transaction must be an object")
+        body = await self._decode(request, _json.TRANSACTION_REQUEST)
         query = _metadata_from_query(request)
         operations: list[Operation] = []
-        for item in body.get("operations") or []:
-            kind = item.get("operation") if isinstance(item, dict) else None
+        for item in body["operations"] or []:
+            kind = item["operation"]
             if kind not in ("upsert", "delete"):
                 raise DaprApiError(
                     400, "ERR_NOT_SUPPORTED_STATE_OPERATION", f"operation type {kind} not supported"
                 )
-            operations.append(self._operation(store, kind, item.get("request"), query))
+            target = _json.SET_REQUEST if kind == "upsert" else _json.DELETE_REQUEST
+            try:
+                # daprd reads each request with mapstructure: Go field names, any letter case.
+                decoded = _json.map_decode(item["request"], target)
+            except _json.GoTypeError as exc:
+                raise DaprApiError.malformed_request(str(exc)) from None
+            decoded.setdefault("value", None)
+            operations.append(self._operation(store, kind, decoded, query))
         try:
             store.transact(operations)
         except (ETagMismatchError, ETagInvalidError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ from todo_observability.testing.sidecar._cel import (
     UnsupportedExpressionError,
     compile_match,
 )
-from todo_observability.testing.sidecar._json import is_text
+from todo_observability.testing.sidecar._json import SUBSCRIPTIONS, GoTypeError, unmarshal
 from todo_observability.testing.sidecar._strconv import parse_bool
 
 if TYPE_CHECKING:
@@ -127,33 +128,18 @@ def _path(path: str) -> str:
     return "/" + path.lstrip("/")
 
 
-def _string(item: Mapping[str, Any], key: str) -> str:
-    value = item.get(key)
-    if value is None:
-        return ""
-    if not is_text(value):
-        raise SubscriptionError(
-            f"json: cannot unmarshal {type(value).__name__} into field {key} of type string"
-        )
-    return value
-
-
 def _rules(item: Mapping[str, Any]) -> tuple[Rule, ...]:
-    routes = item.get("routes") or {}
-    if not isinstance(routes, dict):
-        raise SubscriptionError("json: cannot unmarshal routes: not an object")
     rules: list[Rule] = []
-    raw_rules = routes.get("rules") or []
-    if not isinstance(raw_rules, list):
-        raise SubscriptionError("json: cannot unmarshal routes.rules: not an array")
-    for raw in raw_rules:
-        if not isinstance(raw, dict):
-            raise SubscriptionError("json: cannot unmarshal a routing rule: not an object")
-        match, path = _string(raw, "match"), _string(raw, "path")
-        rules.append(Rule(_path(path), compile_match(match) if match else None))
+    for raw in item["routes"]["rules"] or []:
+        if raw is None:
+            raise SubscriptionError(
+                "error getting topics from app: a routing rule is null; give each rule a "
+                '"path" (and optionally a "match")'
+            )
+        match = raw["match"].strip()
+        rules.append(Rule(_path(raw["path"]), compile_match(match) if match else None))
     # `routes.default` is a match-all rule after the others; it wins over a v1 `route`.
-    default = _string(routes, "default")
-    route = _string(item, "route")
+    default, route = item["routes"]["default"], item["route"]
     if default:
         rules.append(Rule(_path(default)))
     elif route:
@@ -162,45 +148,37 @@ def _rules(item: Mapping[str, Any]) -> tuple[Rule, ...]:
 
 
 def _bulk(item: Mapping[str, Any]) -> BulkSubscribe:
-    raw = item.get("bulkSubscribe")
-    if raw is None:
-        return BulkSubscribe()
-    if not isinstance(raw, dict):
-        raise SubscriptionError("json: cannot unmarshal bulkSubscribe: not an object")
-    count = raw.get("maxMessagesCount") or 100
-    wait = raw.get("maxAwaitDurationMs") or 1000
-    return BulkSubscribe(bool(raw.get("enabled")), int(count), int(wait))
+    raw = item["bulkSubscribe"]
+    return BulkSubscribe(
+        raw["enabled"], raw["maxMessagesCount"] or 100, raw["maxAwaitDurationMs"] or 1000
+    )
 
 
 def parse_subscriptions(
-    body: Any, pubsubs: Sequence[str] = ()
+    body: bytes | str | Sequence[Any], pubsubs: Sequence[str] = ()
 ) -> tuple[list[Subscription], list[str]]:
-    """The subscriptions in a decoded `/dapr/subscribe` answer, and warnings about skipped ones.
+    """The subscriptions in a `/dapr/subscribe` answer, and warnings about skipped ones.
 
+    The body is decoded as daprd decodes it into `[]SubscriptionJSON` (keys in any letter case,
+    unknown keys ignored, see `_json.unmarshal`); a list already decoded is read the same way.
     Like daprd: `routes.default` is appended as a match-all rule and wins over `route`; an entry
     with no rule at all is skipped; so is one for a pub/sub component not in `pubsubs` (when
     given), and a second one for the same component and topic.
 
     Raises:
-        SubscriptionError: the answer is not a list of subscriptions.
+        SubscriptionError: the answer is not a list of subscriptions (Go's decoding error).
         UnsupportedExpressionError: a `match` the emulator cannot evaluate.
     """
-    if not isinstance(body, list):
-        raise SubscriptionError(
-            "error deserializing topics: json: cannot unmarshal the answer into []SubscriptionJSON"
-        )
+    raw = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    try:
+        items = unmarshal(raw, SUBSCRIPTIONS, stream=True)
+    except GoTypeError as exc:
+        raise SubscriptionError(f"error getting topics from app: {exc}") from None
     subscriptions: list[Subscription] = []
     warnings: list[str] = []
     seen: set[tuple[str, str]] = set()
-    for item in body:
-        if not isinstance(item, dict):
-            raise SubscriptionError("error deserializing topics: an item is not an object")
-        pubsub, topic = _string(item, "pubsubname"), _string(item, "topic")
-        metadata = item.get("metadata") or {}
-        if not isinstance(metadata, dict) or not all(is_text(v) for v in metadata.values()):
-            raise SubscriptionError(
-                "error deserializing topics: metadata must map strings to strings"
-            )
+    for item in items or []:
+        pubsub, topic = item["pubsubname"], item["topic"]
         rules = _rules(item)
         if not rules:
             warnings.append(f"topic {topic} has an empty routes. removing from subscriptions list")
@@ -217,8 +195,8 @@ def parse_subscriptions(
                 pubsub=pubsub,
                 topic=topic,
                 rules=rules,
-                metadata=dict(metadata),
-                dead_letter_topic=_string(item, "deadLetterTopic") or None,
+                metadata=dict(item["metadata"] or {}),
+                dead_letter_topic=item["deadLetterTopic"] or None,
                 bulk=_bulk(item),
             )
         )
