@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import yaml
@@ -70,6 +71,12 @@ def binaries() -> tuple[str, str]:
             _INSTALL.format(binary="prometheus-alertmanager", package="prometheus-alertmanager")
         )
     return prometheus, alertmanager
+
+
+def _shown(path: Path) -> str:
+    from reference_app.run import _shown as shown
+
+    return shown(path)
 
 
 def _url(port: int) -> str:
@@ -267,11 +274,11 @@ def show_monitoring(layout: Layout, system: System, out: TextIO) -> None:
         f"pending: {', '.join(map(_describe, pending)) or 'none'}\n"
     )
     out.write("\nOpen\n")
-    out.write(f"  {'Prometheus':<24} {_url(layout.prometheus_port)}/targets   /alerts   /graph\n")
-    out.write(f"  {'Alertmanager':<24} {_url(layout.alertmanager_port)}\n")
+    out.write(f"  {'Prometheus':<31} {_url(layout.prometheus_port)}/targets   /alerts   /graph\n")
+    out.write(f"  {'Alertmanager':<31} {_url(layout.alertmanager_port)}\n")
     out.write(
-        f"  {'alert sink':<24} {_url(layout.alert_sink_port)}   notifications in "
-        f"{layout.alerts}/<receiver>.jsonl\n"
+        f"  {'alert sink':<31} {_url(layout.alert_sink_port)}   notifications in "
+        f"{_shown(layout.alerts)}/<receiver>.jsonl\n"
     )
     for service in layout.services.values():
         out.write(
