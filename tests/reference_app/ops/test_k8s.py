@@ -712,6 +712,94 @@ def test_pod_monitor_scrapes_the_sidecar_metrics_of_each_service(overlay: str) -
         assert annotations["dapr.io/metrics-port"] == DAPR_METRICS_PORT
 
 
+@functools.cache
+def queried_series() -> frozenset[str]:
+    """Every series name a Prometheus rule or a dashboard query selects."""
+    from reference_app.ops.promql import selectors
+    from reference_app.ops.queries import queries
+    from reference_app.ops.rules import groups
+
+    names = {name for query in queries() for name in query.metrics}
+    for group in groups():
+        for rule in group["rules"]:
+            names |= {selector.name for selector in selectors(rule["expr"])}
+    return frozenset(names)
+
+
+def dropped_by(relabelings: list[Resource], series: str) -> bool:
+    """Whether Prometheus' metric relabelling drops the series named `series`.
+
+    Only the rules these manifests use are understood (drop or keep on `__name__`); any other
+    rule fails, so that a new kind of rule is taught here before it is trusted.
+    """
+    for rule in relabelings:
+        assert rule.get("sourceLabels") == ["__name__"], rule
+        # Prometheus anchors the regex at both ends (RE2 syntax, which these patterns share
+        # with Python's re).
+        matches = re.fullmatch(rule["regex"], series) is not None
+        action = rule.get("action", "replace")
+        if action == "drop" and matches:
+            return True
+        if action == "keep" and not matches:
+            return True
+        assert action in ("drop", "keep"), rule
+    return False
+
+
+def relabelings(overlay: str) -> dict[str, list[Resource]]:
+    resources = render(overlay)
+    found = {}
+    for monitor in of_kind(resources, "ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            found[f"ServiceMonitor {monitor['metadata']['name']}"] = endpoint.get(
+                "metricRelabelings", []
+            )
+    for monitor in of_kind(resources, "PodMonitor"):
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            found[f"PodMonitor {monitor['metadata']['name']}"] = endpoint.get(
+                "metricRelabelings", []
+            )
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_metric_relabelling_drops_nothing_a_rule_or_dashboard_queries(overlay: str) -> None:
+    used = queried_series()
+    assert len(used) > 40, used
+    for monitor, rules in relabelings(overlay).items():
+        assert rules, f"{monitor} keeps every series: no metricRelabelings"
+        dropped = sorted(name for name in used if dropped_by(rules, name))
+        assert dropped == [], f"{monitor} drops series that rules or dashboards query: {dropped}"
+
+
+def test_metric_relabelling_drops_only_unqueried_histograms_of_our_catalogue() -> None:
+    from reference_app.ops.catalogue import HISTOGRAM_SERIES, SPECS, spec_of
+
+    (rules,) = [r for m, r in relabelings("prod").items() if m.startswith("ServiceMonitor")]
+    queried = {found[0].name for name in queried_series() if (found := spec_of(name))}
+    dropped = {
+        spec.name
+        for spec in SPECS.values()
+        for suffix in ("", *HISTOGRAM_SERIES)
+        if dropped_by(rules, spec.name + suffix)
+    }
+    assert dropped, "the ServiceMonitor drops none of our series"
+    assert all(SPECS[name].type == "histogram" for name in dropped), dropped
+    assert not dropped & queried
+    # A histogram goes whole: its _bucket, _sum and _count.
+    for name in dropped:
+        assert all(dropped_by(rules, name + suffix) for suffix in HISTOGRAM_SERIES), name
+    # The check itself sees a drop of a queried series.
+    assert dropped_by(
+        [{"sourceLabels": ["__name__"], "regex": "http_server_.+", "action": "drop"}],
+        "http_server_requests_total",
+    )
+    assert not dropped_by(
+        [{"sourceLabels": ["__name__"], "regex": "http_server", "action": "drop"}],
+        "http_server_requests_total",
+    )
+
+
 PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Alertmanager"}
 
 
