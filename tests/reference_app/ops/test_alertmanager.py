@@ -22,9 +22,9 @@ import yaml
 from tests.helpers import eventually
 from tests.reference_app.ops.alertmanager_harness import (
     CONFIG,
-    SECRETS_DIR,
     PAGERDUTY_ROUTING_KEY,
     REWRITTEN_FIELDS,
+    SECRETS_DIR,
     TEST_GROUP_INTERVAL,
     TEST_GROUP_WAIT,
     Rig,
@@ -207,9 +207,7 @@ def test_secrets_come_from_mounted_files_only() -> None:
         for slack in receiver.get("slack_configs", []):
             assert slack["api_url_file"].startswith(SECRETS_DIR)
         for pagerduty in receiver.get("pagerduty_configs", []):
-            assert (
-                pagerduty["routing_key_file"] == SECRETS_DIR + "pagerduty-routing-key"
-            )
+            assert pagerduty["routing_key_file"] == SECRETS_DIR + "pagerduty-routing-key"
     assert "hooks.slack.com" not in CONFIG.read_text(encoding="utf-8")
 
 
@@ -233,9 +231,7 @@ def test_the_end_to_end_rig_changes_only_the_listed_fields(tmp_path: Path) -> No
     )
     changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
     timing = {p for p in changed if p.endswith((".group_wait", ".group_interval"))}
-    secrets = {
-        p for p in changed if str(before.get(p, "")).startswith(SECRETS_DIR)
-    }
+    secrets = {p for p in changed if str(before.get(p, "")).startswith(SECRETS_DIR)}
     assert changed - timing - secrets == {
         "global.pagerduty_url",
         "global.smtp_smarthost",

@@ -867,11 +867,11 @@ DASHBOARD_LABEL = ("grafana_dashboard", "1")
 
 def datasource_uids(node: Any) -> list[str]:
     """The uid of every datasource reference in a dashboard (panels, targets, variables)."""
-    found = []
+    found: list[str] = []
     if isinstance(node, dict):
         reference = node.get("datasource")
         if isinstance(reference, dict):
-            found.append(reference.get("uid"))
+            found.append(str(reference.get("uid")))
         for value in node.values():
             found += datasource_uids(value)
     elif isinstance(node, list):
