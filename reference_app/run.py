@@ -430,6 +430,16 @@ def run_scenario(layout: Layout, system: System, out: TextIO) -> Scenario:
             "",
         )
         out.write(f"    {_shown(result.mail)}: {subject}\n")
+
+        def reminder_recorded() -> bool:
+            tasks = browser.get("/api/tasks").json()
+            items = tasks.get("tasks", tasks) if isinstance(tasks, dict) else tasks
+            return any(t.get("id") == result.task_id and t.get("reminder_sent_at") for t in items)
+
+        # And after notification-service told backend the reminder went out: that change's
+        # event is ahead of the completion's in backend's outbox (one task's events leave in
+        # order), and a completion racing it would publish from the retry loop, in a new trace.
+        wait_until("backend records the reminder as sent", reminder_recorded, system, 30, out)
         response = browser.post(f"/api/tasks/{result.task_id}/complete")
         if response.status_code >= 400:
             raise SystemExit(

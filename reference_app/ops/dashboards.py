@@ -692,7 +692,7 @@ def kafka() -> dashboard_builders.Dashboard:
 
 
 def dapr() -> dashboard_builders.Dashboard:
-    """Sidecar resources, mTLS, pub/sub ingress and egress, and service invocation latency."""
+    """Sidecar resources, mTLS, pub/sub, service invocation and state store latency."""
     cpu = _third_party("container_cpu_usage_seconds_total")
     memory = _third_party("container_memory_working_set_bytes")
     ingress = _third_party("dapr_component_pubsub_ingress_count")
@@ -703,6 +703,7 @@ def dapr() -> dashboard_builders.Dashboard:
     init_fail = _third_party("dapr_runtime_mtls_init_fail_total")
     expiry = _third_party("dapr_sentry_issuercert_expiry_timestamp")
     job_failures = _third_party("dapr_component_job_failure_count")
+    state = _third_party("dapr_component_state_latencies")
     publish = sdk_metrics.MESSAGING_PUBLISHED
     sidecar = "daprd"
     app = Regex(JOB)
@@ -711,7 +712,7 @@ def dapr() -> dashboard_builders.Dashboard:
             "todo-dapr",
             "Dapr",
             "The Dapr sidecars of the reference services (app id = service = job): resources, "
-            "mTLS, pub/sub ingress and egress, service invocation.",
+            "mTLS, pub/sub ingress and egress, service invocation, the state store.",
             job=True,
         )
         .with_row(dashboard_builders.Row("Sidecar resources"))
@@ -820,6 +821,24 @@ def dapr() -> dashboard_builders.Dashboard:
                 "Job triggers the sidecar failed to deliver to the app.",
                 "short",
                 [(rate(job_failures, ("app_id",), app_id=app), "{{app_id}}")],
+            )
+        )
+        .with_row(dashboard_builders.Row("State store"))
+        .with_panel(
+            time_series(
+                "State store latency",
+                "How long the state store takes to answer the sidecar, per operation (get, "
+                "set, delete, transaction), p95 and p99: recurring-task-service keeps the ids "
+                "of processed messages there.",
+                "ms",
+                [
+                    (
+                        quantile(q, state, ("app_id", "component", "operation"), app_id=app),
+                        f"{{{{app_id}}}} {{{{component}}}} {{{{operation}}}} p{int(q * 100)}",
+                    )
+                    for q in (0.95, 0.99)
+                ],
+                span=24,
             )
         )
     )

@@ -68,6 +68,16 @@ THIRD_PARTY: dict[str, ThirdPartyMetric] = {
     "dapr_component_job_latencies": ThirdPartyMetric(
         "dapr", "histogram", ("app_id", "namespace", "operation", "success")
     ),
+    # State store operations (docs/development/dapr-metrics.md "State metrics":
+    # dapr_component_state_count, dapr_component_state_latencies, in milliseconds); tagged in
+    # pkg/diagnostics/component_monitoring.go with app_id, component, namespace, operation
+    # (get, set, delete, bulk_get, transaction, ...) and success ("true"/"false").
+    "dapr_component_state_count": ThirdPartyMetric(
+        "dapr", "counter", ("app_id", "namespace", "component", "operation", "success")
+    ),
+    "dapr_component_state_latencies": ThirdPartyMetric(
+        "dapr", "histogram", ("app_id", "namespace", "component", "operation", "success")
+    ),
     "dapr_http_server_request_count": ThirdPartyMetric(
         "dapr", "counter", ("app_id", "method", "path", "status")
     ),

@@ -169,6 +169,10 @@ async def test_state_keys_are_left_out_of_the_path_label(make_sidecar: SidecarFa
         for labels, _ in samples(sidecar.metrics.registry)["dapr_http_server_request_count"]
     }
     assert paths == {"/v1.0/state/statestore"}  # and the emulator's own API is not daprd's
+    registry = sidecar.metrics.registry
+    labels = {"component": "statestore", "operation": "get", "success": "true"}
+    assert value(registry, "dapr_component_state_count", **labels) == 2
+    assert value(registry, "dapr_component_state_latencies_count", **labels) == 2
 
 
 async def test_the_broker_is_exported_under_kafka_exporter_names(

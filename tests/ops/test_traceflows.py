@@ -204,10 +204,13 @@ def test_a_removed_span_is_reported_missing_and_its_children_orphaned(
     assert reminder["missing_spans"][0]["expected"].startswith(
         "child of notification-service CLIENT pubsub/reminders"
     )
-    [orphan] = reminder["broken_links"]
-    assert orphan["span_id"] == before.spans["schedule"]
-    assert orphan["parent_id"] == removed
-    assert "not in the trace" in orphan["problem"]
+    # Every child of the removed span is orphaned: the schedule step, and the SQL statements
+    # the consumer ran (instrument_sqlalchemy).
+    orphans = {orphan["span_id"]: orphan for orphan in reminder["broken_links"]}
+    assert before.spans["schedule"] in orphans
+    for orphan in orphans.values():
+        assert orphan["parent_id"] == removed
+        assert "not in the trace" in orphan["problem"]
     assert reminder["missing_services"] == []
 
 
@@ -319,7 +322,9 @@ def test_the_text_report_names_each_problem(scenario: Scenario, tmp_path: Path) 
     status, output = verify("--spans", str(path), "--flows", FLOWS_SPEC)
 
     assert status == 1
-    assert f"✗ {REMINDER.name}: 2 problems" in output
+    # The missing span, and one broken link per child it had (the schedule, the consumer's SQL).
+    children = [s for s in scenario.spans if s.get("parentId") == before.spans["consume"]]
+    assert f"✗ {REMINDER.name}: {1 + len(children)} problems" in output
     assert "missing span: notification-service CONSUMER reminders process" in output
     assert (
         f"broken link: notification-service PRODUCER reminder schedule [{before.spans['schedule']}]"

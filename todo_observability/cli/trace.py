@@ -30,7 +30,14 @@ def add_parser(subcommands: Any) -> None:
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
     """Print the chosen traces of the span file as trees."""
-    spans = load_spans(Path(args.file))
+    try:
+        spans = load_spans(Path(args.file))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SystemExit(
+            f"{args.file}: cannot read the span file ({reason}). The file exporter writes one: "
+            "OTEL_TRACES_EXPORTER=file TODO_OBS_TRACES_FILE=spans.jsonl"
+        ) from None
     if not spans:
         out.write(f"{args.file}: no spans\n")
         return 1

@@ -31,7 +31,8 @@ from tests.helpers import LoopbackServer, eventually, free_port, reply_json
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = ROOT / "reference_app" / "deploy" / "monitoring" / "alertmanager" / "alertmanager.yml"
-SECRETS_DIR = "/etc/alertmanager/secrets/"
+# Where prometheus-operator mounts the Secret `alertmanager-receivers` (spec.secrets).
+SECRETS_DIR = "/etc/alertmanager/secrets/alertmanager-receivers/"
 PAGERDUTY_ROUTING_KEY = "test-routing-key-0123456789abcdef"
 SLACK_SECRETS = {
     "slack-warnings-webhook-url": "/slack/warnings",
@@ -40,7 +41,7 @@ SLACK_SECRETS = {
 }
 # Everything the tests change in the committed configuration, and why. Nothing else differs.
 REWRITTEN_FIELDS = (
-    "secret files: /etc/alertmanager/secrets/* -> files the test writes (sink URLs, a test key)",
+    "secret files: /etc/alertmanager/secrets/alertmanager-receivers/* -> files the test writes (sink URLs, a test key)",
     "global.pagerduty_url -> the HTTP sink (the Events API v2 endpoint is not a secret)",
     "global.smtp_smarthost -> the SMTP sink; global.smtp_require_tls -> false (no TLS on loopback)",
     "every route's group_wait -> 1s and group_interval -> 1s (the real 10s/1m/5m would make the "

@@ -24,6 +24,7 @@ from tests.reference_app.ops.alertmanager_harness import (
     CONFIG,
     PAGERDUTY_ROUTING_KEY,
     REWRITTEN_FIELDS,
+    SECRETS_DIR,
     TEST_GROUP_INTERVAL,
     TEST_GROUP_WAIT,
     Rig,
@@ -195,20 +196,18 @@ def test_secrets_come_from_mounted_files_only() -> None:
     assert not [key for key, _ in found if key in SECRET_FIELDS]
     files = {value for key, value in found if key in SECRET_FILE_FIELDS}
     assert files == {
-        "/etc/alertmanager/secrets/slack-warnings-webhook-url",
-        "/etc/alertmanager/secrets/slack-slo-webhook-url",
-        "/etc/alertmanager/secrets/slack-kafka-webhook-url",
-        "/etc/alertmanager/secrets/pagerduty-routing-key",
-        "/etc/alertmanager/secrets/smtp-password",
+        SECRETS_DIR + "slack-warnings-webhook-url",
+        SECRETS_DIR + "slack-slo-webhook-url",
+        SECRETS_DIR + "slack-kafka-webhook-url",
+        SECRETS_DIR + "pagerduty-routing-key",
+        SECRETS_DIR + "smtp-password",
     }
     # Every Slack and PagerDuty integration names its secret file.
     for receiver in committed()["receivers"]:
         for slack in receiver.get("slack_configs", []):
-            assert slack["api_url_file"].startswith("/etc/alertmanager/secrets/")
+            assert slack["api_url_file"].startswith(SECRETS_DIR)
         for pagerduty in receiver.get("pagerduty_configs", []):
-            assert (
-                pagerduty["routing_key_file"] == "/etc/alertmanager/secrets/pagerduty-routing-key"
-            )
+            assert pagerduty["routing_key_file"] == SECRETS_DIR + "pagerduty-routing-key"
     assert "hooks.slack.com" not in CONFIG.read_text(encoding="utf-8")
 
 
@@ -232,9 +231,7 @@ def test_the_end_to_end_rig_changes_only_the_listed_fields(tmp_path: Path) -> No
     )
     changed = {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
     timing = {p for p in changed if p.endswith((".group_wait", ".group_interval"))}
-    secrets = {
-        p for p in changed if str(before.get(p, "")).startswith("/etc/alertmanager/secrets/")
-    }
+    secrets = {p for p in changed if str(before.get(p, "")).startswith(SECRETS_DIR)}
     assert changed - timing - secrets == {
         "global.pagerduty_url",
         "global.smtp_smarthost",

@@ -61,6 +61,7 @@ ISSUE_PANELS = {
         "Pub/sub ingress by process_status",
         "Pub/sub egress failures",
         "Service invocation latency",
+        "State store latency",
     ],
     "todo-recurring-tasks": [
         "Next-occurrence calculation time (histogram)",

@@ -98,6 +98,15 @@ SECRET_VALUES = {
     ("todo-smtp", "password"): "smtp-password",
     ("todo-admin", "admin-token"): "admin-token-0123456789",
     ("todo-redis", "redis-password"): "redis-password",
+    ("todo-kafka", "username"): "todo",
+    ("todo-kafka", "password"): "kafka-password",
+    ("todo-kafka", "ca.crt"): "-----BEGIN CERTIFICATE-----",
+    # The Alertmanager's receivers: files the `*_file` fields of its configuration name.
+    ("alertmanager-receivers", "slack-warnings-webhook-url"): "https://hooks.example/warnings",
+    ("alertmanager-receivers", "slack-slo-webhook-url"): "https://hooks.example/slo",
+    ("alertmanager-receivers", "slack-kafka-webhook-url"): "https://hooks.example/kafka",
+    ("alertmanager-receivers", "pagerduty-routing-key"): "routing-key-0123456789",
+    ("alertmanager-receivers", "smtp-password"): "smtp-relay-password",
 }
 
 Resource = dict[str, Any]
@@ -190,7 +199,152 @@ def secret_refs(resources: list[Resource]) -> set[tuple[str, str]]:
         for item in component["spec"]["metadata"]:
             if "secretKeyRef" in item:
                 refs.add((item["secretKeyRef"]["name"], item["secretKeyRef"]["key"]))
+    for alertmanager in of_kind(resources, "Alertmanager"):
+        for path in secret_files(alertmanager_config(resources, alertmanager)):
+            mount = mounted_secret(alertmanager, path)
+            if mount is not None:
+                refs.add(mount)
     return refs
+
+
+# --- the Alertmanager and the files its configuration reads -------------------------------------
+
+# prometheus-operator's AlertmanagerSpec (monitoring.coreos.com/v1, alertmanager_types.go):
+# `secrets` are mounted at /etc/alertmanager/secrets/<secret-name>/<key>, `configMaps` at
+# /etc/alertmanager/configmaps/<configmap-name>/<key>, and the other keys of the
+# configuration Secret at /etc/alertmanager/config/<key>.
+ALERTMANAGER_SECRETS = "/etc/alertmanager/secrets/"
+ALERTMANAGER_CONFIG_MAPS = "/etc/alertmanager/configmaps/"
+ALERTMANAGER_CONFIG_DIR = "/etc/alertmanager/config/"
+ALERTMANAGER_SPEC = {
+    "podMetadata", "image", "imagePullPolicy", "version", "imagePullSecrets", "secrets",
+    "configMaps", "configSecret", "logLevel", "logFormat", "replicas", "retention", "storage",
+    "volumes", "volumeMounts", "externalUrl", "routePrefix", "paused", "nodeSelector",
+    "resources", "affinity", "tolerations", "topologySpreadConstraints", "securityContext",
+    "serviceAccountName", "listenLocal", "containers", "initContainers", "priorityClassName",
+    "additionalPeers", "clusterAdvertiseAddress", "portName", "forceEnableClusterMode",
+    "alertmanagerConfigSelector", "alertmanagerConfigNamespaceSelector",
+    "alertmanagerConfiguration", "minReadySeconds", "web", "automountServiceAccountToken",
+}  # fmt: skip
+
+
+def alertmanager_config(resources: list[Resource], alertmanager: Resource) -> Any:
+    """The configuration the Alertmanager resource runs: its `configSecret`'s alertmanager.yaml."""
+    name = (
+        alertmanager["spec"].get("configSecret")
+        or f"alertmanager-{alertmanager['metadata']['name']}"
+    )
+    secret = named(resources, "Secret", name)
+    assert secret["metadata"]["namespace"] == alertmanager["metadata"]["namespace"], name
+    text = secret.get("stringData", {}).get("alertmanager.yaml")
+    assert text is not None, f"Secret {name} has no stringData alertmanager.yaml"
+    return yaml.safe_load(text)
+
+
+def secret_files(config: Any) -> set[str]:
+    """Every path a `*_file` field of an Alertmanager configuration names."""
+    found: set[str] = set()
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key.endswith("_file") and isinstance(value, str):
+                found.add(value)
+            else:
+                found |= secret_files(value)
+    elif isinstance(config, list):
+        for item in config:
+            found |= secret_files(item)
+    return found
+
+
+def mounted_secret(alertmanager: Resource, path: str) -> tuple[str, str] | None:
+    """The (Secret, key) that the operator mounts at `path` for this Alertmanager, if any."""
+    folder, _, key = path.rpartition("/")
+    for secret in alertmanager["spec"].get("secrets", []):
+        if folder == ALERTMANAGER_SECRETS + secret and key:
+            return secret, key
+    return None
+
+
+def unmounted_files(
+    resources: list[Resource], alertmanager: Resource, documented: set[tuple[str, str]]
+) -> list[str]:
+    """The `*_file` paths of the configuration that no mount of the rendered resources provides.
+
+    A path under a listed Secret must also name a key the operator is told to create (the
+    secrets table of docs/operations/deploy.md): a file that is mounted but missing fails at
+    send time just the same, and `amtool check-config` cannot see either.
+    """
+    spec = alertmanager["spec"]
+    config_secret = named(
+        resources,
+        "Secret",
+        spec.get("configSecret") or f"alertmanager-{alertmanager['metadata']['name']}",
+    )
+    config_keys = set(config_secret.get("stringData", {})) | set(config_secret.get("data", {}))
+    problems = []
+    for path in sorted(secret_files(alertmanager_config(resources, alertmanager))):
+        mount = mounted_secret(alertmanager, path)
+        if mount is not None:
+            if mount not in documented:
+                problems.append(
+                    f"{path}: key {mount[1]!r} of Secret {mount[0]!r} is not documented"
+                )
+            continue
+        folder, _, key = path.rpartition("/")
+        if folder + "/" == ALERTMANAGER_CONFIG_DIR and key in config_keys - {"alertmanager.yaml"}:
+            continue
+        config_maps = {
+            ALERTMANAGER_CONFIG_MAPS + name: named(resources, "ConfigMap", name)
+            for name in spec.get("configMaps", [])
+        }
+        if folder in config_maps and key in config_maps[folder].get("data", {}):
+            continue
+        problems.append(
+            f"{path}: nothing the Alertmanager {alertmanager['metadata']['name']!r} mounts"
+        )
+    return problems
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_file_the_alertmanager_configuration_reads_is_mounted(overlay: str) -> None:
+    resources = render(overlay)
+    (alertmanager,) = of_kind(resources, "Alertmanager")
+    assert set(alertmanager["spec"]) <= ALERTMANAGER_SPEC, (
+        set(alertmanager["spec"]) - ALERTMANAGER_SPEC
+    )
+    files = secret_files(alertmanager_config(resources, alertmanager))
+    # The receivers' secrets: two Slack webhooks and more, PagerDuty, the SMTP password.
+    assert len(files) >= 5, files
+    assert unmounted_files(resources, alertmanager, documented_secrets()) == []
+    # The secrets it lists are created in its namespace, beforehand, not rendered.
+    rendered = {s["metadata"]["name"] for s in of_kind(resources, "Secret")}
+    for secret in alertmanager["spec"]["secrets"]:
+        assert secret not in rendered, secret
+        assert f"kubectl -n {NAMESPACE} create secret generic {secret}" in DEPLOY_DOC.read_text(
+            encoding="utf-8"
+        ), f"{DEPLOY_DOC} shows no command creating {secret} in {NAMESPACE}"
+
+
+def test_the_mount_check_refuses_files_outside_the_secret_folders() -> None:
+    resources = render("prod")
+    (alertmanager,) = of_kind(resources, "Alertmanager")
+    secret = named(resources, "Secret", alertmanager["spec"]["configSecret"])
+    text = secret["stringData"]["alertmanager.yaml"]
+    # The layout prometheus-operator does not use: keys straight under secrets/.
+    secret["stringData"]["alertmanager.yaml"] = text.replace(
+        "/etc/alertmanager/secrets/alertmanager-receivers/", "/etc/alertmanager/secrets/"
+    )
+    problems = unmounted_files(resources, alertmanager, documented_secrets())
+    assert (
+        "/etc/alertmanager/secrets/smtp-password: nothing the Alertmanager 'todo' mounts"
+        in problems
+    )
+    secret["stringData"]["alertmanager.yaml"] = text
+    documented = documented_secrets() - {("alertmanager-receivers", "pagerduty-routing-key")}
+    assert unmounted_files(resources, alertmanager, documented) == [
+        "/etc/alertmanager/secrets/alertmanager-receivers/pagerduty-routing-key: key "
+        "'pagerduty-routing-key' of Secret 'alertmanager-receivers' is not documented"
+    ]
 
 
 def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -370,8 +524,23 @@ def test_dapr_validation_rejects_unknown_and_mistyped_fields() -> None:
     assert any("samplingRate" in error for error in dapr_errors(configuration))
 
 
-def component_fields(component_type: str) -> dict[str, Mapping[str, Any]]:
-    """The metadata fields components-contrib declares for a type such as `pubsub.kafka`."""
+Fields = dict[str, Mapping[str, Any]]
+
+# Fields a component's runtime reads that its metadata.yaml lists under another profile only.
+RUNTIME_FIELDS = {
+    # components-contrib common/component/kafka/auth.go, updateTLSConfig: every TLS
+    # connection (any authType but none) trusts caCert when it is set; metadata.yaml declares
+    # it under the mTLS profile alone.
+    "pubsub.kafka": {"caCert"},
+}
+
+
+def component_schema(component_type: str) -> tuple[Fields, list[Fields]]:
+    """The metadata components-contrib declares for a type such as `pubsub.kafka`.
+
+    Returns the fields every component of the type accepts, and each authentication
+    profile's own fields (the builtin profiles as the file lists them).
+    """
     folder, _, name = component_type.partition(".")
     path = DAPR_SCHEMAS / "components-contrib" / folder / name / "metadata.yaml"
     assert path.is_file(), (
@@ -379,21 +548,107 @@ def component_fields(component_type: str) -> dict[str, Mapping[str, Any]]:
         f"{folder}/{name}/metadata.yaml into {path.parent} (see {DAPR_SCHEMAS / 'SOURCES.md'})"
     )
     spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    fields = {field["name"]: field for field in spec.get("metadata", [])}
-    for profile in spec.get("authenticationProfiles", []):
-        fields.update({field["name"]: field for field in profile.get("metadata", [])})
-    return fields
+    common = {field["name"]: field for field in spec.get("metadata", [])}
+    profiles = [
+        {field["name"]: field for field in profile.get("metadata", [])}
+        for profile in [
+            *spec.get("authenticationProfiles", []),
+            *spec.get("builtinAuthenticationProfiles", []),
+        ]
+    ]
+    return common, profiles
+
+
+def component_errors(component: Resource) -> list[str]:
+    """What is wrong with a Component's metadata against components-contrib's (empty: valid).
+
+    Where the profiles are told apart by `authType` (Kafka), its value chooses exactly one
+    profile, whose required fields must all be there; otherwise any profile's fields are
+    accepted. A field marked sensitive comes from a secretKeyRef, never a literal value.
+    """
+    component_type = component["spec"]["type"]
+    common, profiles = component_schema(component_type)
+    items = {item["name"]: item for item in component["spec"]["metadata"]}
+    errors = []
+    discriminated = [profile for profile in profiles if "authType" in profile]
+    if discriminated:
+        auth = items.get("authType", {}).get("value")
+        chosen = [p for p in discriminated if auth in p["authType"].get("allowedValues", [])]
+        if len(chosen) != 1:
+            return [f"authType {auth!r} chooses {len(chosen)} authentication profiles, not one"]
+        accepted = {**common, **chosen[0]}
+        errors += [
+            f"{name}: required with authType {auth!r}"
+            for name, field in chosen[0].items()
+            if field.get("required") and name not in items
+        ]
+    else:
+        accepted = {**common}
+        for profile in profiles:
+            accepted.update(profile)
+    runtime = RUNTIME_FIELDS.get(component_type, set())
+    for name, item in items.items():
+        if name not in accepted and name not in runtime:
+            errors.append(f"{name}: not a field of {component_type}")
+            continue
+        field = accepted.get(name, {})
+        allowed = field.get("allowedValues")
+        if allowed and "value" in item and item["value"] not in allowed:
+            errors.append(f"{name}: {item['value']!r} is not one of {allowed}")
+        if field.get("sensitive") and "secretKeyRef" not in item:
+            errors.append(f"{name}: sensitive, must come from a secretKeyRef")
+    return errors
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_component_metadata_names_fields_the_component_accepts(overlay: str) -> None:
     for component in of_kind(render(overlay), "Component"):
-        fields = component_fields(component["spec"]["type"])
-        for item in component["spec"]["metadata"]:
-            assert item["name"] in fields, (component["metadata"]["name"], item["name"])
-            allowed = fields[item["name"]].get("allowedValues")
-            if allowed and "value" in item:
-                assert item["value"] in allowed, (component["metadata"]["name"], item)
+        assert component_errors(component) == [], component["metadata"]["name"]
+
+
+def test_prod_kafka_authenticates_with_sasl_over_tls_and_dev_stays_open() -> None:
+    prod = {i["name"]: i for i in named(render("prod"), "Component", "pubsub")["spec"]["metadata"]}
+    dev = {i["name"]: i for i in named(render("dev"), "Component", "pubsub")["spec"]["metadata"]}
+    assert prod["authType"]["value"] == "password"
+    assert prod["saslMechanism"]["value"] in ("SHA-512", "SHA-256")
+    for field in ("saslUsername", "saslPassword", "caCert"):
+        assert prod[field]["secretKeyRef"]["name"] == "todo-kafka", field
+    # With authType password the component speaks TLS unless disableTls says otherwise.
+    assert prod.get("disableTls", {}).get("value", "false") == "false"
+    assert "skipVerify" not in prod or prod["skipVerify"]["value"] == "false"
+    assert dev["authType"]["value"] == "none"
+    # Both reach the same cluster, on its TLS and its plain listener.
+    assert prod["brokers"]["value"].rpartition(":")[0] == dev["brokers"]["value"].rpartition(":")[0]
+    assert prod["brokers"]["value"] != dev["brokers"]["value"]
+    # Everything else the base sets is kept.
+    assert {k: v for k, v in dev.items() if k not in ("brokers", "authType")} == {
+        k: v for k, v in prod.items() if k in dev and k not in ("brokers", "authType")
+    }
+
+
+def test_component_check_refuses_a_literal_password_a_missing_user_and_an_unknown_mechanism() -> (
+    None
+):
+    component = named(render("prod"), "Component", "pubsub")
+    metadata = component["spec"]["metadata"]
+    for item in metadata:
+        if item["name"] == "saslPassword":
+            item.pop("secretKeyRef")
+            item["value"] = "plain-text"
+        if item["name"] == "saslMechanism":
+            item["value"] = "MD5"
+    component["spec"]["metadata"] = [i for i in metadata if i["name"] != "saslUsername"]
+    assert component_errors(component) == [
+        "saslUsername: required with authType 'password'",
+        "saslMechanism: 'MD5' is not one of ['SHA-512', 'SHA-256', 'PLAINTEXT']",
+        "saslPassword: sensitive, must come from a secretKeyRef",
+    ]
+    for item in component["spec"]["metadata"]:
+        if item["name"] == "authType":
+            item["value"] = "kerberos"
+    assert component_errors(component) == [
+        "authType 'kerberos' chooses 0 authentication profiles, not one"
+    ]
 
 
 # --- prometheus-operator kinds, structurally ----------------------------------------------------
@@ -457,7 +712,95 @@ def test_pod_monitor_scrapes_the_sidecar_metrics_of_each_service(overlay: str) -
         assert annotations["dapr.io/metrics-port"] == DAPR_METRICS_PORT
 
 
-PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+@functools.cache
+def queried_series() -> frozenset[str]:
+    """Every series name a Prometheus rule or a dashboard query selects."""
+    from reference_app.ops.promql import selectors
+    from reference_app.ops.queries import queries
+    from reference_app.ops.rules import groups
+
+    names = {name for query in queries() for name in query.metrics}
+    for group in groups():
+        for rule in group["rules"]:
+            names |= {selector.name for selector in selectors(rule["expr"])}
+    return frozenset(names)
+
+
+def dropped_by(relabelings: list[Resource], series: str) -> bool:
+    """Whether Prometheus' metric relabelling drops the series named `series`.
+
+    Only the rules these manifests use are understood (drop or keep on `__name__`); any other
+    rule fails, so that a new kind of rule is taught here before it is trusted.
+    """
+    for rule in relabelings:
+        assert rule.get("sourceLabels") == ["__name__"], rule
+        # Prometheus anchors the regex at both ends (RE2 syntax, which these patterns share
+        # with Python's re).
+        matches = re.fullmatch(rule["regex"], series) is not None
+        action = rule.get("action", "replace")
+        if action == "drop" and matches:
+            return True
+        if action == "keep" and not matches:
+            return True
+        assert action in ("drop", "keep"), rule
+    return False
+
+
+def relabelings(overlay: str) -> dict[str, list[Resource]]:
+    resources = render(overlay)
+    found = {}
+    for monitor in of_kind(resources, "ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            found[f"ServiceMonitor {monitor['metadata']['name']}"] = endpoint.get(
+                "metricRelabelings", []
+            )
+    for monitor in of_kind(resources, "PodMonitor"):
+        for endpoint in monitor["spec"]["podMetricsEndpoints"]:
+            found[f"PodMonitor {monitor['metadata']['name']}"] = endpoint.get(
+                "metricRelabelings", []
+            )
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_metric_relabelling_drops_nothing_a_rule_or_dashboard_queries(overlay: str) -> None:
+    used = queried_series()
+    assert len(used) > 40, used
+    for monitor, rules in relabelings(overlay).items():
+        assert rules, f"{monitor} keeps every series: no metricRelabelings"
+        dropped = sorted(name for name in used if dropped_by(rules, name))
+        assert dropped == [], f"{monitor} drops series that rules or dashboards query: {dropped}"
+
+
+def test_metric_relabelling_drops_only_unqueried_histograms_of_our_catalogue() -> None:
+    from reference_app.ops.catalogue import HISTOGRAM_SERIES, SPECS, spec_of
+
+    (rules,) = [r for m, r in relabelings("prod").items() if m.startswith("ServiceMonitor")]
+    queried = {found[0].name for name in queried_series() if (found := spec_of(name))}
+    dropped = {
+        spec.name
+        for spec in SPECS.values()
+        for suffix in ("", *HISTOGRAM_SERIES)
+        if dropped_by(rules, spec.name + suffix)
+    }
+    assert dropped, "the ServiceMonitor drops none of our series"
+    assert all(SPECS[name].type == "histogram" for name in dropped), dropped
+    assert not dropped & queried
+    # A histogram goes whole: its _bucket, _sum and _count.
+    for name in dropped:
+        assert all(dropped_by(rules, name + suffix) for suffix in HISTOGRAM_SERIES), name
+    # The check itself sees a drop of a queried series.
+    assert dropped_by(
+        [{"sourceLabels": ["__name__"], "regex": "http_server_.+", "action": "drop"}],
+        "http_server_requests_total",
+    )
+    assert not dropped_by(
+        [{"sourceLabels": ["__name__"], "regex": "http_server", "action": "drop"}],
+        "http_server_requests_total",
+    )
+
+
+PROMETHEUS_OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "Alertmanager"}
 
 
 def prometheus_rule_errors(resource: Resource) -> list[str]:
@@ -513,6 +856,62 @@ def test_prometheus_rule_check_rejects_a_rule_that_is_both_record_and_alert() ->
     ]
     rule_set["spec"]["groups"][0]["rules"] = [{"alert": "A", "expr": "up == 0"}]
     assert prometheus_rule_errors(rule_set) == []
+
+
+# --- Grafana dashboards -------------------------------------------------------------------------
+
+GRAFANA = ROOT / "reference_app" / "deploy" / "monitoring" / "grafana"
+DASHBOARD_LABEL = ("grafana_dashboard", "1")
+"""The label Grafana's dashboard sidecar selects ConfigMaps by (its default `label`/`labelValue`)."""
+
+
+def datasource_uids(node: Any) -> list[str]:
+    """The uid of every datasource reference in a dashboard (panels, targets, variables)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        reference = node.get("datasource")
+        if isinstance(reference, dict):
+            found.append(str(reference.get("uid")))
+        for value in node.values():
+            found += datasource_uids(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += datasource_uids(item)
+    return found
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_dashboard_ships_as_a_config_map_the_grafana_sidecar_loads(overlay: str) -> None:
+    key, value = DASHBOARD_LABEL
+    maps = [
+        cm
+        for cm in of_kind(render(overlay), "ConfigMap")
+        if cm["metadata"]["labels"].get(key) == value
+    ]
+    shipped: dict[str, str] = {}
+    for cm in maps:
+        # One dashboard per ConfigMap, under a stable name (no hash: updated in place).
+        assert len(cm["data"]) == 1, cm["metadata"]["name"]
+        assert not re.search(r"-[a-z0-9]{10}$", cm["metadata"]["name"]), cm["metadata"]["name"]
+        shipped.update(cm["data"])
+    committed = {
+        path.name: path.read_text(encoding="utf-8")
+        for path in sorted((GRAFANA / "dashboards").glob("*.json"))
+    }
+    assert len(committed) >= 7
+    assert shipped == committed
+    (datasource,) = yaml.safe_load(
+        (GRAFANA / "provisioning" / "datasources" / "prometheus.yaml").read_text(encoding="utf-8")
+    )["datasources"]
+    uids = set()
+    for name, text in shipped.items():
+        dashboard = json.loads(text)
+        references = datasource_uids(dashboard)
+        assert references, f"{name} queries no datasource"
+        # The datasource every query names is the provisioned one.
+        assert set(references) == {datasource["uid"]}, name
+        uids.add(dashboard["uid"])
+    assert len(uids) == len(shipped), "two dashboards share a uid"
 
 
 # --- sampling, environment, images --------------------------------------------------------------

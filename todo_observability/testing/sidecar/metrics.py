@@ -65,6 +65,8 @@ SOURCES: dict[str, str] = {
     "dapr_component_job_success_count": _DAPR_DOCS,
     "dapr_component_job_failure_count": _DAPR_DOCS,
     "dapr_component_job_latencies": _DAPR_DOCS,
+    "dapr_component_state_count": _DAPR_DOCS,
+    "dapr_component_state_latencies": _DAPR_DOCS,
     "dapr_http_server_request_count": _DAPR_DOCS,
     "dapr_http_server_latency": _DAPR_DOCS,
     "dapr_http_client_completed_count": _DAPR_DOCS,
@@ -124,6 +126,15 @@ _VIEWS = {
         _View(
             "dapr_component_job_latencies",
             "The latency of the response from the app that processed the triggered job.",
+            histogram=True,
+        ),
+        _View(
+            "dapr_component_state_count",
+            "The number of operations performed on the state component.",
+        ),
+        _View(
+            "dapr_component_state_latencies",
+            "The latency of the response from the state component.",
             histogram=True,
         ),
         _View("dapr_http_server_request_count", "Number of HTTP requests started in server."),
@@ -241,6 +252,15 @@ class DaprMetrics(Collector):
         self._count("dapr_http_server_request_count", labels)
         self._observe("dapr_http_server_latency", labels, elapsed_ms)
 
+    def state_operation(
+        self, component: str, operation: str, *, success: bool, elapsed_ms: float
+    ) -> None:
+        """Count an operation on a state store: `dapr_component_state_*`."""
+        labels = {"component": component, "operation": operation, "success": str(success).lower()}
+        self._count("dapr_component_state_count", labels)
+        if elapsed_ms > 0:
+            self._observe("dapr_component_state_latencies", labels, elapsed_ms)
+
     def app_request(self, method: str, path: str, status: int, elapsed_ms: float) -> None:
         """Count a request this sidecar made to its app: `dapr_http_client_*`."""
         labels = {"method": method, "path": path, "status": str(status)}
@@ -302,6 +322,25 @@ def _path_label(path: str) -> str:
     return path
 
 
+def _state_operation(method: str, path: str) -> tuple[str, str] | None:
+    """The store and daprd's operation name of a state API call, if it is one."""
+    parts = path.split("/")  # "", "v1.0", "state", store, [key | bulk | transaction]
+    if len(parts) < 4 or parts[1] != "v1.0" or parts[2] != "state" or not parts[3]:
+        return None
+    rest = parts[4] if len(parts) > 4 else ""
+    if len(parts) == 4 and method in ("POST", "PUT"):
+        return parts[3], "set"
+    if len(parts) == 5 and rest == "bulk" and method in ("POST", "PUT"):
+        return parts[3], "bulk_get"
+    if len(parts) == 5 and rest == "transaction" and method in ("POST", "PUT"):
+        return parts[3], "transaction"
+    if len(parts) == 5 and method == "GET":
+        return parts[3], "get"
+    if len(parts) == 5 and method == "DELETE":
+        return parts[3], "delete"
+    return None
+
+
 def _invocation_target(path: str, headers: Sequence[tuple[bytes, bytes]]) -> tuple[str, str] | None:
     """The app id and method of an invocation request (`/v1.0/invoke/...` or `dapr-app-id`)."""
     if path.startswith("/v1.0/invoke/"):
@@ -344,6 +383,12 @@ class MetricsMiddleware:
             elapsed_ms = (time.perf_counter() - start) * 1000
             path: str = scope["path"]
             self.metrics.http_request(scope["method"], path, status, elapsed_ms)
+            state = _state_operation(scope["method"], path)
+            # A store that does not exist is no operation on a component (daprd answers 400).
+            if state is not None and status != 400:
+                self.metrics.state_operation(
+                    state[0], state[1], success=status < 400, elapsed_ms=elapsed_ms
+                )
             target = _invocation_target(path, scope["headers"])
             if target is not None:
                 self.metrics.invocation(target[0], target[1], status, elapsed_ms)
