@@ -181,6 +181,21 @@ def scraped(demo: Demo) -> Demo:
         30,
         "the refused publish to be scraped",
     )
+    # The run completed one recurring task, before recurring-task-service's histogram was
+    # scraped twice: bob completes one more, so the next-occurrence panels have a rate.
+    with httpx.Client(base_url=demo.layout.services[events.FRONTEND].url, timeout=30) as browser:
+        assert browser.post("/login", data={"user_id": "bob"}).status_code < 400
+        created = browser.post(
+            "/api/tasks", json={"title": "Water the plants", "recurrence": "DAILY"}
+        )
+        assert created.status_code == 201, created.text
+        done = browser.post(f"/api/tasks/{created.json()['id']}/complete")
+        assert done.status_code == 200, done.text
+    eventually(
+        lambda: demo.query("sum(recurring_next_occurrences_total) >= 2"),
+        30,
+        "the second next occurrence to be scraped",
+    )
     # recurring-task-service reads its state store only when a task is completed, which the
     # run did once, before its series could be scraped twice: read it twice, scrapes apart.
     # (A rate needs an increase between two scrapes: a counter's first sample is its birth.)
