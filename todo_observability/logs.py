@@ -222,10 +222,11 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
             if span_context.span_id == _INVALID_SPAN_ID:
                 ids = (span_context, None, None)
             else:
+                # %-formatting: a third of what a format spec costs.
                 ids = (
                     span_context,
-                    f"{span_context.trace_id:032x}",
-                    f"{span_context.span_id:016x}",
+                    "%032x" % span_context.trace_id,  # noqa: UP031
+                    "%016x" % span_context.span_id,  # noqa: UP031
                 )
             self._ids = ids
         second = int(created)
