@@ -34,9 +34,11 @@ from benchmarks.apps import NO_NATIVE_TELEMETRY
 OVERHEAD_TARGETS = {1.0: 0.25, 0.1: 0.15}
 #: ours req/s / peer req/s under uvicorn: at least.
 RPS_TARGET = 2.5
-#: ours lines/s / python-json-logger JsonFormatter lines/s: at least.
+#: ours lines/s / python-json-logger's fastest formatter's lines/s (OrjsonFormatter when
+#: orjson is installed, JsonFormatter when not): at least.
 LOG_TARGET = 1.2
 PLAIN = "python-json-logger JsonFormatter"
+ORJSON = "python-json-logger OrjsonFormatter"
 #: ours overhead / hand-written overhead per delivered Dapr message: at most.
 MESSAGE_TARGET = messaging.TARGET
 
@@ -282,11 +284,14 @@ def logging_section(sizes: Sizes, summary: list[str]) -> str:
                 median, low, high = result.ratio(t.name, PLAIN)
                 ratio = f"{median:.2f} [{low:.2f}-{high:.2f}]"
                 if t.name == "ours":
-                    target = f"≥ {LOG_TARGET:g}"
-                    met = _met(median >= LOG_TARGET)
+                    # The target is against python-json-logger's fastest formatter here.
+                    fastest = ORJSON if any(x.name == ORJSON for x in result.times) else PLAIN
+                    best, _, _ = result.ratio(t.name, fastest)
+                    target = f"≥ {LOG_TARGET:g} x {fastest.removeprefix('python-json-logger ')}"
+                    met = _met(best >= LOG_TARGET)
                     summary.append(
-                        f"| log lines/s ours/plain JsonFormatter, {setting} ({t.backend}) | "
-                        f"{median:.2f} | {target} | {met} |"
+                        f"| log lines/s ours/{fastest}, {setting} ({t.backend}) | "
+                        f"{best:.2f} | ≥ {LOG_TARGET:g} | {met} |"
                     )
             out.append(
                 f"| {setting} | {t.name} | {t.backend} | {result.median(t.name):,.0f} | {ratio} | {target} | {met} |"

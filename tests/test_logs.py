@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -84,6 +85,71 @@ def test_request_context_trace_and_bound_fields_are_included() -> None:
 def test_extra_wins_over_bound_fields() -> None:
     with bind_context(task_id=1):
         assert render(JsonFormatter(), record(task_id=2))["context"] == {"task_id": 2}
+
+
+def test_context_keeps_the_order_of_extra() -> None:
+    line = render(JsonFormatter(), record(zeta=1, alpha=2, mid="m"))
+    assert list(line["context"]) == ["zeta", "alpha", "mid"]  # type: ignore[call-overload]
+
+
+def test_attributes_a_record_class_sets_before_the_standard_ones_are_context() -> None:
+    class EarlyRecord(logging.LogRecord):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.tenant = "acme"
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    rec = EarlyRecord("tests.logs", logging.INFO, __file__, 1, "hello", (), None)
+    rec.task_id = 3
+    assert render(JsonFormatter(), rec)["context"] == {"tenant": "acme", "task_id": 3}
+
+
+def test_a_standard_attribute_set_again_is_still_not_context() -> None:
+    rec = record(task_id=1)
+    del rec.msg
+    rec.msg = "again"  # now after the extras in the record's attributes
+    line = render(JsonFormatter(), rec)
+    assert line["message"] == "again"
+    assert line["context"] == {"task_id": 1}
+
+
+def test_a_timestamp_a_hair_before_the_next_second_stays_in_its_second() -> None:
+    rec = record()
+    rec.created = math.nextafter(1767225602.0, 0)
+    assert render(JsonFormatter(), rec)["timestamp"] == "2026-01-01T00:00:01.999Z"
+    rec.created = math.nextafter(1.0, 0)
+    assert render(JsonFormatter(), rec)["timestamp"] == "1970-01-01T00:00:00.999Z"
+
+
+def test_lines_of_successive_spans_carry_their_own_ids() -> None:
+    tracer = TracerProvider().get_tracer("t")
+    formatter = JsonFormatter()
+    seen = []
+    with tracer.start_as_current_span("outer") as outer:
+        seen.append((outer, render(formatter, record())))
+        with tracer.start_as_current_span("inner") as inner:
+            seen.append((inner, render(formatter, record())))
+        seen.append((outer, render(formatter, record())))
+    no_span = render(formatter, record())
+    for span, line in seen:
+        ctx = span.get_span_context()
+        assert (line["trace_id"], line["span_id"]) == (
+            f"{ctx.trace_id:032x}",
+            f"{ctx.span_id:016x}",
+        )
+    assert (no_span["trace_id"], no_span["span_id"]) == (None, None)
+
+
+def test_a_subclass_that_serialises_its_own_way_is_honoured() -> None:
+    class Prefixed(JsonFormatter):
+        def serialize_log_record(self, log_record: dict[str, object]) -> str:
+            return "@" + str(super().serialize_log_record(log_record))
+
+    line = Prefixed().format(record())
+    assert line.startswith("@{")
+    assert json.loads(line[1:])["message"] == "hello"
+    formatter = JsonFormatter()
+    formatter.prefix = "json: "
+    assert formatter.format(record()).startswith('json: {"timestamp":')
 
 
 def test_exception_is_structured_in_the_same_line() -> None:

@@ -431,3 +431,28 @@ def test_the_guard_never_lets_a_metric_exceed_its_series_cap(
         # The same combination always lands on the same series.
         assert recorded.setdefault(combo, admitted) == admitted
     assert len(set(recorded.values())) <= max_series
+
+
+def test_the_direct_observer_and_increment_record_what_the_public_methods_record() -> None:
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from todo_observability.metrics import HistogramObserver, increment
+
+    def exposition(direct: bool) -> bytes:
+        registry = CollectorRegistry()
+        counter = Counter("c_total", "c", ["a"], registry=registry).labels("x")
+        histogram = Histogram("h_seconds", "h", ["a"], registry=registry).labels("x")
+        observer = HistogramObserver(histogram)
+        add = increment(counter)
+        for amount in (0.0, 0.005, 0.0051, 0.3, 2.5, 10.0, 11.0, float("nan")):
+            if direct:
+                observer.observe(amount)
+                add(1)
+            else:
+                histogram.observe(amount)
+                counter.inc()
+        return b"\n".join(
+            line for line in generate_latest(registry).splitlines() if b"_created" not in line
+        )
+
+    assert exposition(direct=True) == exposition(direct=False)

@@ -31,7 +31,7 @@ from todo_observability.context import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from contextvars import Token
     from types import TracebackType
 
@@ -46,6 +46,9 @@ _U = TypeVar("_U", bound="UnitOfWork")
 _enter = _current.set
 _reset = _current.reset
 _now = time.perf_counter
+_current_otel_context = otel_context.get_current
+_attach = otel_context.attach
+_detach = otel_context.detach
 
 
 def baggage_ids(parent: Context | None) -> tuple[str | None, str | None]:
@@ -79,7 +82,8 @@ class UnitOfWork:
         kind: The span's kind.
         links: Links of the span.
         attributes: Attributes of the span at its start.
-        in_flight: A gauge (child) counting units in flight, or None.
+        in_flight: Adds to a gauge counting units in flight (`metrics.increment` of its
+            child), or None.
     """
 
     __slots__ = (
@@ -103,7 +107,7 @@ class UnitOfWork:
         kind: SpanKind = SpanKind.INTERNAL,
         links: Sequence[Link] = (),
         attributes: dict[str, Any] | None = None,
-        in_flight: Any = None,
+        in_flight: Callable[[float], None] | None = None,
     ):
         self.signals = signals
         self.context = context
@@ -113,12 +117,16 @@ class UnitOfWork:
         self.span: trace.Span = trace.INVALID_SPAN
         self._otel_token: Token[Context] | None = None
         if name is not None:
+            if parent is None:
+                # What the SDK would read for None, read once: the tracer, the sampler and
+                # the context of the span each look the parent up again.
+                parent = _current_otel_context()
             self.span = signals.tracer.start_span(
                 name, context=parent, kind=kind, links=links, attributes=attributes
             )
-            self._otel_token = otel_context.attach(trace.set_span_in_context(self.span, parent))
+            self._otel_token = _attach(trace.set_span_in_context(self.span, parent))
         if in_flight is not None:
-            in_flight.inc()
+            in_flight(1)
         self.start = _now()
 
     def __enter__(self: _U) -> _U:
@@ -136,7 +144,7 @@ class UnitOfWork:
             self.error = exc
         try:
             if self._in_flight is not None:
-                self._in_flight.dec()
+                self._in_flight(-1)
             self.record(elapsed)
         except Exception as failure:  # noqa: BLE001 - observability must not fail the unit it observes
             _report(failure)
@@ -147,7 +155,7 @@ class UnitOfWork:
                     self.span.end()
             finally:
                 if otel_token is not None:
-                    otel_context.detach(otel_token)
+                    _detach(otel_token)
                 _reset(self._token)
 
     def record(self, elapsed: float) -> None:

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import baggage, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from todo_observability._observability import Observability, _active_observability
 from todo_observability._propagate import propagate
@@ -40,6 +40,7 @@ from todo_observability.metrics import (
     OTHER_METHOD,
     STANDARD_METHODS,
     UNMATCHED_ROUTE,
+    increment,
 )
 from todo_observability.propagation import _add_field
 from todo_observability.tracing import _record_exception
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["ObservabilityMiddleware"]
 
 _MAX_CACHED_TEMPLATES = 1024
+_SAMPLED = TraceFlags.SAMPLED
 
 
 class ObservabilityMiddleware:
@@ -96,7 +98,7 @@ class ObservabilityMiddleware:
         self._routes_app = app if routes_app is None else routes_app
         self._tracer = obs.tracer
         self._metrics = obs.metrics
-        self._in_flight = obs.metrics.gauge(HTTP_SERVER_IN_FLIGHT)
+        self._in_flight = increment(obs.metrics.gauge(HTTP_SERVER_IN_FLIGHT))
         self._metrics_path = settings.metrics_path
         self._metrics_app = obs.metrics_app
         self._health_app = HealthEndpoints(
@@ -447,11 +449,15 @@ class _Response(UnitOfWork):
             self.started = True
             self.status = message["status"]
             header = self._header
-            # Replace any id the app set, append ours (cheaper than MutableHeaders).
-            message["headers"] = [
-                *(h for h in message.get("headers", ()) if h[0].lower() != header),
-                (header, self._request_id),
-            ]
+            size = len(header)
+            headers = message.get("headers", ())
+            # Replace any id the app set, append ours (cheaper than MutableHeaders). Only a
+            # name of the header's length can be it: the others are not lowered.
+            for name, _ in headers:
+                if len(name) == size and name.lower() == header:
+                    headers = [h for h in headers if h[0].lower() != header]
+                    break
+            message["headers"] = [*headers, (header, self._request_id)]
         await self._downstream(message)
 
 
@@ -499,13 +505,13 @@ class _Request(_Response):
     def record(self, elapsed: float) -> None:
         mw, scope, status, span = self.mw, self.scope, self.status, self.span
         route = scope["path"] if scope["path"] in mw._probes else mw._route_template(scope)
-        counter, histogram = mw._metrics.server_children(self.method, route, status)
-        counter.inc()
+        series = mw._metrics.server_series(self.method, route, status)
+        series.count(1)
         span_context = span.get_span_context()
-        if span_context.trace_flags.sampled:
-            histogram.observe(elapsed, {"trace_id": f"{span_context.trace_id:032x}"})
+        if span_context.trace_flags & _SAMPLED:
+            series.duration.observe(elapsed, {"trace_id": "%032x" % span_context.trace_id})  # noqa: UP031
         else:
-            histogram.observe(elapsed)
+            series.duration.observe(elapsed)
         if self.recording:
             mw._finish_span(
                 span, scope, self.method, route, status, self.user_agent, self.captured, self.error

@@ -113,7 +113,7 @@ def new_request_id() -> str:
     """A fresh request id: 32 lowercase hex characters."""
     # getrandbits is ~10x cheaper than uuid4 and reseeded after fork; request ids
     # need to be unique, not unguessable.
-    return f"{random.getrandbits(128):032x}"
+    return "%032x" % random.getrandbits(128)  # noqa: UP031 - a third of a format spec's cost
 
 
 def valid_request_id(value: str | None) -> str | None:

@@ -23,16 +23,23 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from opentelemetry import trace
+from opentelemetry.trace import get_current_span
 from pythonjsonlogger.core import RESERVED_ATTRS, BaseJsonFormatter
 
 from todo_observability.context import _current_fields, current_context
 from todo_observability.redaction import CIRCULAR, REDACTED, TOO_DEEP, Redactor
 
 _JsonBase: type[BaseJsonFormatter]
+_orjson_dumps: Callable[..., bytes] | None
 try:  # orjson is optional; python-json-logger's orjson formatter is used when it is there.
+    from orjson import OPT_NON_STR_KEYS as _ORJSON_OPTIONS
+    from orjson import dumps as _orjson_dumps
     from pythonjsonlogger.orjson import OrjsonFormatter as _JsonBase
 except ImportError:  # pragma: no cover - exercised by the no-orjson test session
     from pythonjsonlogger.json import JsonFormatter as _JsonBase
+
+    _orjson_dumps = None
+    _ORJSON_OPTIONS = 0
 
 __all__ = [
     "ACCESS_LOGGER",
@@ -52,12 +59,21 @@ _TRUSTED_CONTEXT_ATTR = "todo_context"
 _HANDLER_MARK = "_todo_observability_handler"
 # uvicorn adds `color_message` (the message with ANSI colours) to its records: not context.
 _SKIP = frozenset(RESERVED_ATTRS) | {"message", "asctime", "color_message", _TRUSTED_CONTEXT_ATTR}
+# What LogRecord.__init__ sets (never context: each of them is in _SKIP).
+_STANDARD = frozenset(logging.LogRecord("", logging.INFO, "", 0, "", (), None).__dict__) & _SKIP
 _INVALID_SPAN_ID = trace.INVALID_SPAN_ID
 _MAX_DEPTH = 32
 _COULD_NOT_ENCODE = "__could_not_encode__"
 """python-json-logger's answer for an object whose str() fails; ours is UNRENDERABLE."""
 # orjson holds integers in [-2**63, 2**64); the standard library any size.
 _MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
+# The end of every timestamp, by millisecond: one lookup instead of a format per line.
+# (A fraction of a second below 1 never scales to 1000: 1000 * (1 - 2**-53) rounds down.)
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+_LEVEL_NAMES = {
+    level: logging.getLevelName(level)
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)
+}
 
 LogEnricher = Callable[[dict[str, Any]], None]
 Correlation = tuple[str, "str | None", "str | None", trace.SpanContext]
@@ -94,16 +110,19 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         # What the encoder makes of other objects (str() of them, a dataclass's fields) is
         # scrubbed like any value, and an object whose rendering fails is marked, not fatal.
         self.json_default = self._default
-        self._second = -1
-        self._second_text = ""
-
-    def _timestamp(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:
-            # One strftime per second instead of per line.
-            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        return f"{self._second_text}.{int((created - second) * 1000):03d}Z"
+        # (second, its text) and (span context, trace id, span id) of the latest line, each
+        # replaced as one object so that threads never see halves of two: one strftime per
+        # second, and the lines of one span format its ids once.
+        self._clock: tuple[int, str] = (-1, "")
+        self._ids: tuple[object, str | None, str | None] = (None, None, None)
+        # python-json-logger's OrjsonFormatter serialises with one orjson call: make that call
+        # directly (two method calls fewer per line) unless a subclass changed how.
+        cls = type(self)
+        self._direct_orjson = (
+            _orjson_dumps is not None
+            and cls.serialize_log_record is BaseJsonFormatter.serialize_log_record
+            and cls.jsonify_log_record is _JsonBase.jsonify_log_record
+        )
 
     def format(self, record: logging.LogRecord) -> str:
         """Render `record` as one JSON line; this never raises (see `UNRENDERABLE`)."""
@@ -188,33 +207,47 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         """
         if correlation is None:
             ctx = current_context()
-            service_name = self.service_name
-            if ctx is not None and ctx.signals is not None:
+            span_context = get_current_span().get_span_context()
+            if ctx is None:
+                service_name, request_id, user_id = self.service_name, None, None
+            else:
+                request_id, user_id = ctx.request_id, ctx.user_id
                 # Several apps may share one process (and this handler): name the one serving.
-                service_name = ctx.signals.service_name
-            correlation = (
-                service_name,
-                ctx.request_id if ctx is not None else None,
-                ctx.user_id if ctx is not None else None,
-                trace.get_current_span().get_span_context(),
+                signals = ctx.signals
+                service_name = self.service_name if signals is None else signals.service_name
+        else:
+            service_name, request_id, user_id, span_context = correlation
+        ids = self._ids
+        if ids[0] is not span_context:
+            if span_context.span_id == _INVALID_SPAN_ID:
+                ids = (span_context, None, None)
+            else:
+                # %-formatting: a third of what a format spec costs.
+                ids = (
+                    span_context,
+                    "%032x" % span_context.trace_id,  # noqa: UP031
+                    "%016x" % span_context.span_id,  # noqa: UP031
+                )
+            self._ids = ids
+        second = int(created)
+        clock = self._clock
+        if clock[0] != second:
+            clock = self._clock = (
+                second,
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)),
             )
-        service_name, request_id, user_id, span_context = correlation
-        data: dict[str, Any] = {
-            "timestamp": self._timestamp(created),
+        return {
+            "timestamp": clock[1] + _MILLIS[int((created - second) * 1000)],
             "level": level,
             "service_name": service_name,
             "logger": logger,
             "message": message,
             "request_id": request_id,
             "user_id": user_id,
-            "trace_id": None,
-            "span_id": None,
+            "trace_id": ids[1],
+            "span_id": ids[2],
             "context": None,
         }
-        if span_context.span_id != _INVALID_SPAN_ID:
-            data["trace_id"] = f"{span_context.trace_id:032x}"
-            data["span_id"] = f"{span_context.span_id:016x}"
-        return data
 
     if (
         _JsonBase.__name__ == "JsonFormatter"
@@ -242,7 +275,13 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         for enrich in self.enrichers:
             enrich(data)
         try:
-            line: str = self.serialize_log_record(data)
+            if self._direct_orjson and not self.prefix and not self.json_indent:
+                # Exactly OrjsonFormatter.jsonify_log_record, without the calls around it.
+                line: str = _orjson_dumps(  # type: ignore[misc]
+                    data, default=self.json_default, option=_ORJSON_OPTIONS
+                ).decode()
+            else:
+                line = self.serialize_log_record(data)
         except Exception:  # noqa: BLE001 - the rare line the encoder refuses: the slow path
             try:
                 line = self.serialize_log_record(self._jsonable(data, ()))
@@ -281,11 +320,12 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
         return self._jsonable(self._default(value), (*seen, id(value)))
 
     def _context(self, record: logging.LogRecord) -> dict[str, Any]:
+        attrs = record.__dict__
+        extra = _extras(attrs)
         bound = _current_fields()
-        extra = {k: v for k, v in record.__dict__.items() if k not in _SKIP}
         merged = {**bound, **extra} if bound else extra
         context = self.redactor.redact(merged) if merged else {}
-        trusted = getattr(record, _TRUSTED_CONTEXT_ATTR, None)
+        trusted = attrs.get(_TRUSTED_CONTEXT_ATTR)
         if trusted:
             context.update(trusted)
         return context
@@ -306,6 +346,29 @@ class JsonFormatter(_JsonBase):  # type: ignore[valid-type,misc]
             "message": scrub(message),
             "stack": scrub(record.exc_text),
         }
+
+
+def _extras(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of a record that are context (from `extra=`, a filter), in the order set.
+
+    `LogRecord.__init__` sets its attributes first, so those set later sit at the end of
+    the record's `__dict__`: read from the end, up to the first standard attribute. When
+    the count says anything else came before them (a record class that sets attributes
+    of its own first), every attribute is looked at.
+    """
+    names: list[str] = []
+    scanned = 0
+    for name in reversed(attrs):
+        if name in _STANDARD:
+            break
+        scanned += 1
+        if name not in _SKIP:
+            names.append(name)
+    if len(attrs) - scanned != len(_STANDARD):
+        return {name: value for name, value in attrs.items() if name not in _SKIP}
+    if not names:
+        return {}
+    return {name: attrs[name] for name in reversed(names)}
 
 
 def _valid_text(text: str) -> str:
@@ -485,7 +548,11 @@ def _emit_trusted(
     formatter = handler.formatter
     assert isinstance(formatter, JsonFormatter)
     data = formatter.fields(
-        logging.getLevelName(level), logger.name, message, time.time(), correlation
+        _LEVEL_NAMES.get(level) or logging.getLevelName(level),
+        logger.name,
+        message,
+        time.time(),
+        correlation,
     )
     data["context"] = context
     line = formatter.render(data) + handler.terminator

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,6 +24,8 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prometheus_client.metrics import MetricWrapperBase
     from starlette.types import ASGIApp
 
@@ -295,6 +298,66 @@ def _create(spec: MetricSpec, registry: CollectorRegistry) -> MetricWrapperBase:
     return Histogram(spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets)
 
 
+def increment(child: Counter | Gauge) -> Callable[[float], None]:
+    """What `child.inc(amount)` does, as one call: the `inc` of the value it holds.
+
+    prometheus_client's `Counter.inc` and `Gauge.inc` check, on every call, that the
+    metric is a labelled child (a cached child always is) and that a counter's amount
+    is not negative (the SDK's never are), then add to the value under its lock: the
+    checks cost more than the addition. The public method is returned for anything
+    that does not hold its value that way (a gauge in `mostrecent` mode, another
+    version of prometheus_client).
+    """
+    value = getattr(child, "_value", None)
+    add = getattr(value, "inc", None)
+    if add is None or getattr(child, "_is_most_recent", False):
+        return child.inc
+    checked: Callable[[float], None] = add
+    return checked
+
+
+class HistogramObserver:
+    """What `Histogram.observe(amount)` of one labelled child does, with the bucket found by bisection.
+
+    `observe(amount)` adds to the sum and to the first bucket whose upper bound is at
+    least `amount`, as prometheus_client does, which checks the child and walks the
+    buckets one by one on every call. With an exemplar, prometheus_client's own
+    `observe` runs.
+
+    Args:
+        child: A labelled child of a Histogram.
+    """
+
+    __slots__ = ("_add_sum", "_bounds", "_buckets", "child")
+
+    def __init__(self, child: Histogram):
+        self.child = child
+        bounds = getattr(child, "_upper_bounds", None)
+        buckets = getattr(child, "_buckets", None)
+        total = getattr(child, "_sum", None)
+        self._add_sum: Callable[[float], None] | None = getattr(total, "inc", None)
+        self._bounds: list[float] = list(bounds or ())
+        self._buckets: list[Callable[[float], None]] = [
+            add for add in (getattr(bucket, "inc", None) for bucket in buckets or ()) if add
+        ]
+        if (
+            self._add_sum is None
+            or not self._bounds
+            or len(self._buckets) != len(self._bounds)
+            or self._bounds[-1] != float("inf")
+        ):
+            self._add_sum = None  # not the layout this was written for: the public method
+
+    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        """Observe `amount` (seconds, finite), with `exemplar` labels if given."""
+        add_sum = self._add_sum
+        if add_sum is None or exemplar is not None or amount != amount:  # NaN: as prometheus_client
+            self.child.observe(amount, exemplar)
+            return
+        add_sum(amount)
+        self._buckets[bisect_left(self._bounds, amount)](1)
+
+
 class LabelGuard:
     """Caps the distinct values of each label of each metric, and the series of each metric.
 
@@ -360,6 +423,23 @@ class LabelGuard:
         return self.admit_series(metric, admitted)
 
 
+class ServerSeries:
+    """The series of one (method, route, status) of HTTP requests: count and duration.
+
+    Attributes:
+        requests: The `http_server_requests_total` child.
+        count: Adds to it (see `increment`).
+        duration: Observes into the `http_server_request_duration_seconds` child.
+    """
+
+    __slots__ = ("count", "duration", "requests")
+
+    def __init__(self, requests: Counter, duration: Histogram):
+        self.requests = requests
+        self.count = increment(requests)
+        self.duration = HistogramObserver(duration)
+
+
 class MetricSet:
     """The catalogue's metrics, created once in one registry.
 
@@ -378,7 +458,7 @@ class MetricSet:
         self.guard = LabelGuard(max_label_values, self.counter(LABEL_OVERFLOW), max_series)
         # Label children cached by raw label values, so the hot path does one
         # dict lookup instead of prometheus_client's locked `labels()` per metric.
-        self._server: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._server: dict[tuple[str, str, int], ServerSeries] = {}
         self._client: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._operations: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -425,13 +505,18 @@ class MetricSet:
 
     def server_children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
         """(requests counter child, duration histogram child) for one request's labels."""
+        series = self.server_series(method, route, status)
+        return series.requests, series.duration.child
+
+    def server_series(self, method: str, route: str, status: int) -> ServerSeries:
+        """The series one request's labels record into, created (through the guard) once."""
         key = (method, route, status)
-        children = self._server.get(key)
-        if children is None:
+        series = self._server.get(key)
+        if series is None:
             guard = self.guard
             route = guard.admit(HTTP_SERVER_REQUESTS.name, "route", route)
             status_code = guard.admit(HTTP_SERVER_REQUESTS.name, "status_code", str(status))
-            children = (
+            series = ServerSeries(
                 self.counter(HTTP_SERVER_REQUESTS).labels(
                     *guard.admit_series(HTTP_SERVER_REQUESTS.name, (method, route, status_code))
                 ),
@@ -440,8 +525,8 @@ class MetricSet:
                 ),
             )
             if len(self._server) < self._cache_limit():
-                self._server[key] = children
-        return children
+                self._server[key] = series
+        return series
 
     def client_children(self, method: str, host: str, status: str) -> tuple[Any, Any]:
         """(requests counter child, duration histogram child) for one outgoing request."""

@@ -70,6 +70,8 @@ TOO_DEEP = "[TOO DEEP]"
 """What a container nested deeper than the redactor looks becomes."""
 _MAX_DEPTH = 32
 _MAX_CACHED_KEYS = 4096
+# Values with nothing to scrub in them (their subclasses go the long way round).
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 # The password of `scheme://user:password@host`. Greedy up to the last `@` of the authority:
@@ -131,10 +133,20 @@ class Redactor:
         one nested too deep `TOO_DEEP`, so that any mapping can be rendered.
         """
         seen = (id(mapping),)
-        return {
-            key: REDACTED if self.is_sensitive(key) else self._value(value, seen)
-            for key, value in mapping.items()
-        }
+        cache = self._cache
+        redacted: dict[Any, Any] = {}
+        # Written out for the common case (a known key, a number): this runs for every line.
+        for key, value in mapping.items():
+            sensitive = cache.get(key)
+            if sensitive is None:
+                sensitive = self.is_sensitive(key)
+            if sensitive:
+                redacted[key] = REDACTED
+            elif type(value) in _SCALARS:
+                redacted[key] = value
+            else:
+                redacted[key] = self._value(value, seen)
+        return redacted
 
     def scrub(self, value: Any) -> Any:
         """`value` scrubbed: text by `scrub_text`, mappings by `redact`, lists and tuples item by item."""

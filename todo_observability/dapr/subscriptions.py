@@ -79,6 +79,7 @@ from todo_observability.metrics import (
     MESSAGING_PROCESS_DURATION,
     MESSAGING_PROCESSED,
     MetricSet,
+    increment,
 )
 from todo_observability.propagation import _add_field
 from todo_observability.tracing import _record_exception
@@ -551,7 +552,7 @@ class Subscriptions:
             f"{topic} process",
             parent=parent,
             kind=SpanKind.CONSUMER,
-            in_flight=metrics.child(MESSAGING_IN_FLIGHT, topic),
+            in_flight=increment(metrics.child(MESSAGING_IN_FLIGHT, topic)),
         ) as unit:
             unit.subscription, unit.event, unit.event_id = sub, event, event_id
             unit.origin_topic = origin_topic
