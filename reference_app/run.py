@@ -486,12 +486,13 @@ def show_trace(layout: Layout, system: System, request_id: str, out: TextIO) -> 
     def complete() -> bool:
         if not layout.spans.exists():
             return False
-        services = {
-            span["localEndpoint"]["serviceName"]
-            for span in load_spans(layout.spans)
-            if span.get("traceId") == trace_id
-        }
-        return wanted <= services
+        mine = [span for span in load_spans(layout.spans) if span.get("traceId") == trace_id]
+        services = {span["localEndpoint"]["serviceName"] for span in mine}
+        # Every parent there too: a sidecar exports the hop it saw before the service behind
+        # it exports its batch (a span ends after its children, so its batch holds them).
+        ids = {span["id"] for span in mine}
+        linked = all(span["parentId"] in ids for span in mine if span.get("parentId"))
+        return wanted <= services and linked
 
     with contextlib.suppress(SystemExit):
         wait_until("the spans of every hop are exported", complete, system, 30, out)

@@ -50,6 +50,12 @@ def test_the_scenario_runs_to_the_end_and_shows_its_observability(tmp_path: Path
     # One trace from the click through backend, the sidecars and recurring, back to backend.
     trace_id = re.search(r"The completion's trace \(([0-9a-f]{32})\)", out)
     assert trace_id, out
+    # The tree the report draws is whole: one root, no hop waiting for its parent's batch.
+    tree = out.split("The completion's trace", 1)[1].split("\n\n", 1)[0].splitlines()
+    spans_line = next(i for i, line in enumerate(tree) if re.match(r"  trace [0-9a-f]{32}: ", line))
+    roots = [line for line in tree[spans_line + 1 :] if re.match(r"    \S", line)]
+    assert len(roots) == 1, "\n".join(tree)
+    assert "POST /api/tasks/{task_id}/complete" in roots[0]
     spans = [s for s in load_spans(data / "spans.jsonl") if s["traceId"] == trace_id[1]]
     hops = {
         (s["localEndpoint"]["serviceName"], s.get("kind") or "INTERNAL", s["name"]) for s in spans
