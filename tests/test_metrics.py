@@ -456,3 +456,43 @@ def test_the_direct_observer_and_increment_record_what_the_public_methods_record
         )
 
     assert exposition(direct=True) == exposition(direct=False)
+
+
+async def test_the_page_is_rendered_off_the_event_loop() -> None:
+    import threading
+
+    from prometheus_client import Counter
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.registry import Collector
+
+    from todo_observability.metrics import metrics_app
+
+    seen: list[int] = []
+
+    class Recorder(Collector):
+        def collect(self):  # type: ignore[no-untyped-def]
+            seen.append(threading.get_ident())
+            yield GaugeMetricFamily("render_probe", "where the page was rendered", value=1)
+
+    registry = CollectorRegistry()
+    registry.register(Recorder())
+    Counter("orders", "orders taken", registry=registry).inc()
+    async with client(metrics_app(registry)) as http:
+        page = await http.get("/metrics")
+        openmetrics = await http.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+        only = await http.get("/metrics", params={"name[]": "orders_total"})
+        zipped = await http.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert seen
+    assert threading.get_ident() not in seen  # the loop's thread never rendered it
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "render_probe 1.0" in page.text
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
+    assert "orders_total 1.0" in only.text
+    assert "render_probe" not in only.text
+    # httpx decodes the body; the header says what travelled.
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert "orders_total 1.0" in zipped.text
