@@ -29,16 +29,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from benchmarks import apps
-from benchmarks.uvicorn_wrk import PATH, available, free_port
+from benchmarks import apps, uvicorn_wrk
+from benchmarks.uvicorn_wrk import PATH, available
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The path the counting wrapper answers with the process's collection counts.
@@ -167,13 +166,7 @@ def sink() -> Iterator[str]:
 
 
 @dataclass
-class Server:
-    label: str
-    name: str
-    sample_ratio: float | None
-    port: int
-    process: subprocess.Popen[bytes]
-    stderr: IO[bytes]
+class Server(uvicorn_wrk.Server):
     requests: list[int] = field(default_factory=list)
     p99_us: list[float] = field(default_factory=list)
     full: list[int] = field(default_factory=list)
@@ -196,78 +189,19 @@ class Server:
         counts: dict[str, int] = json.loads(body)
         return counts
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        # Five processes import FastAPI at once: on a loaded 2-core machine that takes a while.
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.stderr.seek(0)
-                raise RuntimeError(f"{self.label}: uvicorn exited:\n{self.stderr.read().decode()}")
-            with contextlib.suppress(OSError):
-                if self.get(PATH, timeout=2)[0] == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.label}: uvicorn not ready after {timeout} s")
 
+def _servers(
+    http: str, loop: str, zipkin: str | None
+) -> contextlib.AbstractContextManager[list[Server]]:
+    """The variants under uvicorn, serving this module's app (which reports its collections)."""
+    env = {"BENCH_ZIPKIN": zipkin} if zipkin else {}
 
-def _label(name: str, ratio: float | None) -> str:
-    return name if ratio is None else f"{name} (sampling {ratio:g})"
+    def launch(name: str, ratio: float | None) -> Server:
+        return uvicorn_wrk.start(
+            name, ratio, http, loop, app="benchmarks.span_export:create_app", env=env, kind=Server
+        )
 
-
-def _start(name: str, ratio: float | None, http: str, loop: str, zipkin: str | None) -> Server:
-    port = free_port()
-    env = dict(os.environ, BENCH_VARIANT=name, PYTHONPATH=str(ROOT))
-    env.pop("BENCH_SAMPLE_RATIO", None)
-    env.pop("BENCH_ZIPKIN", None)
-    if ratio is not None:
-        env["BENCH_SAMPLE_RATIO"] = str(ratio)
-    if zipkin:
-        env["BENCH_ZIPKIN"] = zipkin
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "benchmarks.span_export:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--no-access-log",
-        "--log-level",
-        "warning",
-        "--http",
-        http,
-        "--loop",
-        loop,
-    ]
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by _servers()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    return Server(_label(name, ratio), name, ratio, port, process, stderr)
-
-
-@contextlib.contextmanager
-def _servers(http: str, loop: str, zipkin: str | None) -> Iterator[list[Server]]:
-    started: list[Server] = []
-    try:
-        for name, ratio in VARIANTS:
-            started.append(_start(name, ratio, http, loop, zipkin))
-        for server in started:
-            server.wait_ready()
-        yield started
-    finally:
-        for server in started:
-            if server.process.poll() is None:
-                server.process.terminate()
-        for server in started:
-            try:
-                server.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.process.kill()
-                server.process.wait()
-            server.stderr.close()
+    return uvicorn_wrk.servers(launch)
 
 
 def _wrk(url: str, duration: float, connections: int) -> tuple[int, float]:
@@ -490,14 +424,14 @@ def report(rounds: int, duration: float, cpu_rounds: int, summary: list[str] | N
     bare = by_label["bare"]
     lines: list[str] = []
     for ratio in (1.0, 0.1):
-        ours = by_label[_label("ours", ratio)]
+        ours = by_label[uvicorn_wrk.label("ours", ratio)]
         caused = max(0.0, ours.full_per_10k - bare.full_per_10k)
         met = caused <= GEN2_TARGET
         lines.append(
             f"| full collections per 10k requests caused by the SDK (ours minus bare), sampling "
             f"{ratio:g} | {caused:.2f} | ≤ {GEN2_TARGET:g} | {'yes' if met else '**no**'} |"
         )
-    ours1 = by_label[_label("ours", 1.0)]
+    ours1 = by_label[uvicorn_wrk.label("ours", 1.0)]
     if ours1.p99_to_bare is not None:
         met = ours1.p99_to_bare <= P99_TARGET
         lines.append(

@@ -23,10 +23,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from benchmarks.inprocess import VARIANTS
 
@@ -79,7 +79,8 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{PATH}"
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        # Several processes import FastAPI at once: on a loaded 2-core machine that takes a while.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -101,17 +102,30 @@ class Server:
         raise RuntimeError(f"{self.label}: uvicorn not ready after {timeout} s")
 
 
-def start(name: str, ratio: float | None, http: str, loop: str) -> Server:
+ServerT = TypeVar("ServerT", bound="Server")
+
+
+def start(
+    name: str,
+    ratio: float | None,
+    http: str,
+    loop: str,
+    *,
+    app: str = "benchmarks.apps:create_app",
+    env: Mapping[str, str] | None = None,
+    kind: type[ServerT],
+) -> ServerT:
+    """Start uvicorn serving `app` (a factory) as variant `name` at sampling `ratio`."""
     port = free_port()
-    env = dict(os.environ, BENCH_VARIANT=name, PYTHONPATH=str(ROOT))
-    env.pop("BENCH_SAMPLE_RATIO", None)
+    environment = dict(os.environ, BENCH_VARIANT=name, PYTHONPATH=str(ROOT), **(env or {}))
+    environment.pop("BENCH_SAMPLE_RATIO", None)
     if ratio is not None:
-        env["BENCH_SAMPLE_RATIO"] = str(ratio)
+        environment["BENCH_SAMPLE_RATIO"] = str(ratio)
     command = [
         sys.executable,
         "-m",
         "uvicorn",
-        "benchmarks.apps:create_app",
+        app,
         "--factory",
         "--host",
         "127.0.0.1",
@@ -128,8 +142,10 @@ def start(name: str, ratio: float | None, http: str, loop: str) -> Server:
         loop,
     ]
     stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by servers()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-    return Server(label(name, ratio), name, ratio, port, process, stderr)
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=stderr
+    )
+    return kind(label(name, ratio), name, ratio, port, process, stderr)
 
 
 def wrk(url: str, duration: float, connections: int, threads: int) -> tuple[float, str]:
@@ -155,11 +171,12 @@ def wrk(url: str, duration: float, connections: int, threads: int) -> tuple[floa
 
 
 @contextlib.contextmanager
-def servers(http: str, loop: str) -> Iterator[list[Server]]:
-    started: list[Server] = []
+def servers(launch: Callable[[str, float | None], ServerT]) -> Iterator[list[ServerT]]:
+    """Every variant's server started by `launch(name, ratio)`, ready, and stopped after."""
+    started: list[ServerT] = []
     try:
         for name, ratio in VARIANTS:
-            started.append(start(name, ratio, http, loop))
+            started.append(launch(name, ratio))
         for server in started:
             server.wait_ready()
         yield started
@@ -201,7 +218,11 @@ def run(
 ) -> WrkResult:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (Debian: apt-get install wrk)")
-    with servers(http, loop) as started:
+
+    def launch(name: str, ratio: float | None) -> Server:
+        return start(name, ratio, http, loop, kind=Server)
+
+    with servers(launch) as started:
         for server in started:
             wrk(server.url, warmup, connections, threads)
         count = len(started)
