@@ -42,14 +42,6 @@ from benchmarks.uvicorn_wrk import PATH, available
 ROOT = Path(__file__).resolve().parent.parent
 #: The path the counting wrapper answers with the process's collection counts.
 GC_PATH = "/__bench/gc"
-#: (variant, sample ratio) measured under uvicorn.
-VARIANTS: tuple[tuple[str, float | None], ...] = (
-    ("bare", None),
-    ("peer", 1.0),
-    ("peer", 0.1),
-    ("ours", 1.0),
-    ("ours", 0.1),
-)
 #: ours p99 / bare p99 at sampling 1.0: at most.
 P99_TARGET = 2.0
 #: Full collections per 10k requests caused by the SDK (ours minus bare): at most.
