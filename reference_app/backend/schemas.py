@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -22,8 +21,7 @@ from reference_app.common.recurrence import (
     HORIZON_YEARS,
     InvalidRule,
     RuleExhausted,
-    first_occurrence,
-    next_occurrence,
+    first_recurring_occurrence,
     normalise,
     parse_rule,
 )
@@ -227,11 +225,7 @@ def check_rules(
         try:
             parse_rule(recurrence, anchor)
             _check_interval(recurrence)
-            first = first_occurrence(recurrence, anchor)
-            # It must recur too, unless COUNT or UNTIL ends it there: recurring-task-service
-            # looks for the next occurrence within the same horizon on each completion.
-            with contextlib.suppress(RuleExhausted):
-                next_occurrence(recurrence, anchor, first)
+            first_recurring_occurrence(recurrence, anchor)
         except InvalidRule as exc:
             errors.append(_problem("recurrence", f"recurrence: {exc}", recurrence))
         except RuleExhausted:

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta, timezone
 from types import CodeType, FrameType
 from typing import Any
@@ -214,9 +214,9 @@ class _Bound:
     80 s). So we watch it start each period's method (`_PERIOD_CODES`) and raise from there.
     """
 
-    def __init__(self, end: datetime, time_limit: float):
+    def __init__(self, end: datetime, deadline: float):
         self.end = (end.year, end.month, end.day)
-        self.deadline = time.monotonic() + time_limit
+        self.deadline = deadline
         self.periods = 0
 
     def check(self, frame: FrameType) -> None:
@@ -299,8 +299,13 @@ def _search(
     start: datetime,
     after: datetime,
     time_limit: float,
+    deadline: float,
 ) -> datetime:
-    """The first occurrence of `parsed` strictly after `after`, found within the bounds."""
+    """The first occurrence of `parsed` strictly after `after`, found within the bounds.
+
+    `deadline` (a `time.monotonic()` moment) is when the search of `time_limit` seconds
+    must stop: searches sharing a limit share it.
+    """
     count = int(parts["COUNT"]) if "COUNT" in parts else None
     until = (
         datetime.strptime(parts["UNTIL"], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
@@ -312,7 +317,7 @@ def _search(
     # COUNT is counted here: dateutil refuses COUNT with the bounding UNTIL.
     bounded = parsed.replace(count=None, until=end)
     try:
-        with _bounded(_Bound(end, time_limit)):
+        with _bounded(_Bound(end, deadline)):
             for index, occurrence in enumerate(bounded):
                 if count is not None and index >= count:
                     raise RuleExhausted(rule, "COUNT reached")
@@ -381,9 +386,10 @@ def next_occurrence(
             `HORIZON_YEARS` after `after` (the message says which bound stopped the search).
         RuleExhausted: the rule's COUNT or UNTIL leaves no occurrence after `after`.
     """
+    deadline = time.monotonic() + time_limit
     start, after = _aware(start), _aware(after)
     parsed = parse_rule(rule, start)
-    return _search(parsed, rule, _parts(rule), start, after, time_limit)
+    return _search(parsed, rule, _parts(rule), start, after, time_limit, deadline)
 
 
 def first_occurrence(rule: str, start: datetime, *, time_limit: float = TIME_LIMIT) -> datetime:
@@ -393,10 +399,38 @@ def first_occurrence(rule: str, start: datetime, *, time_limit: float = TIME_LIM
         InvalidRule: as `next_occurrence`; no occurrence within `HORIZON_YEARS` of `start`.
         RuleExhausted: UNTIL is before the first occurrence (`UNTIL passed`).
     """
+    deadline = time.monotonic() + time_limit
     start = _aware(start)
     parsed = parse_rule(rule, start)
+    return _search(parsed, rule, _parts(rule), start, _just_before(start), time_limit, deadline)
+
+
+def _just_before(start: datetime) -> datetime:
     try:
-        just_before = start - timedelta(microseconds=1)
+        return start - timedelta(microseconds=1)
     except OverflowError:
-        just_before = start
-    return _search(parsed, rule, _parts(rule), start, just_before, time_limit)
+        return start
+
+
+def first_recurring_occurrence(
+    rule: str, start: datetime, *, time_limit: float = TIME_LIMIT
+) -> datetime:
+    """`first_occurrence`, having checked that the rule recurs after it, within one `time_limit`.
+
+    Both searches share the limit, so a rule is accepted or refused within `time_limit`. A rule
+    whose COUNT or UNTIL ends it at its first occurrence is accepted.
+
+    Raises:
+        InvalidRule: as `first_occurrence`, or no second occurrence within `HORIZON_YEARS`.
+        RuleExhausted: UNTIL is before the first occurrence (`UNTIL passed`).
+    """
+    deadline = time.monotonic() + time_limit
+    start = _aware(start)
+    parsed = parse_rule(rule, start)
+    parts = _parts(rule)
+    first = _search(parsed, rule, parts, start, _just_before(start), time_limit, deadline)
+    # recurring-task-service looks for the next occurrence within the same horizon on each
+    # completion: it must find one, unless COUNT or UNTIL ends the rule there.
+    with suppress(RuleExhausted):
+        _search(parsed, rule, parts, start, first, time_limit, deadline)
+    return first

@@ -9,10 +9,12 @@ import contextlib
 import time
 from datetime import datetime, timezone
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference_app.backend.schemas import InvalidTask, check_rules
+from reference_app.common import recurrence
 from reference_app.common.recurrence import (
     HORIZON,
     TIME_LIMIT,
@@ -91,3 +93,36 @@ def test_a_rule_has_an_occurrence_within_the_horizon_or_is_refused_quickly(
             assert next_occurrence(rule, due_at, found, time_limit=60) <= found + HORIZON
     # The search stops itself at its time limit; the margin is for a loaded machine.
     assert elapsed < TIME_LIMIT + 2.0
+
+
+class _SteppingClock:
+    """A `time.monotonic` that moves `step` seconds each time it is read."""
+
+    def __init__(self, step: float):
+        self.now = 0.0
+        self.step = step
+
+    def monotonic(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_the_rule_is_checked_within_one_time_limit_not_one_per_search(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The search reads the clock when it starts and every 64 days it walks. From January 1 the
+    # first occurrence (March 15) takes one reading, and the search for the next (May 15), which
+    # walks again from the start, two more. With a clock moving 0.8 s a reading, each search
+    # alone stays within 2 s; the three readings after the start, 2.4 s, do not.
+    clock = _SteppingClock(TIME_LIMIT * 0.4)
+    monkeypatch.setattr(recurrence, "time", clock)
+    rule = "FREQ=DAILY;BYMONTH=3,5;BYMONTHDAY=15"
+    with pytest.raises(InvalidTask) as refused:
+        check_rules(
+            due_at=datetime(2027, 1, 1, tzinfo=timezone.utc), remind_at=None, recurrence=rule
+        )
+    [error] = refused.value.errors
+    assert "within the search's time limit of 2 s" in error["msg"]
+    # The rule itself is good: with the clock standing still, it is accepted.
+    clock.step = 0.0
+    check_rules(due_at=datetime(2027, 1, 1, tzinfo=timezone.utc), remind_at=None, recurrence=rule)
