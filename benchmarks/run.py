@@ -25,15 +25,19 @@ from benchmarks import (
     inprocess,
     logging_throughput,
     messaging,
+    scrape_lag,
     span_export,
     uvicorn_wrk,
 )
 from benchmarks.apps import NO_NATIVE_TELEMETRY
 
 #: ours overhead / peer overhead, in process, by sampling ratio: at most.
-OVERHEAD_TARGETS = {1.0: 0.25, 0.1: 0.15}
-#: ours req/s / peer req/s under uvicorn: at least.
-RPS_TARGET = 2.5
+OVERHEAD_TARGETS = {1.0: 0.12, 0.1: 0.10}
+#: ours req/s / peer req/s under uvicorn with httptools and uvloop (what production runs), by
+#: sampling ratio: at least. uvicorn's pure-Python server is measured too, as context: its own
+#: cost leaves a ceiling (bare/peer) below these.
+RPS_TARGETS = {1.0: 3.5, 0.1: 3.0}
+RPS_TARGET_SERVER = ("httptools", "uvloop")
 #: ours lines/s / python-json-logger's fastest formatter's lines/s (OrjsonFormatter when
 #: orjson is installed, JsonFormatter when not): at least.
 LOG_TARGET = 1.2
@@ -75,10 +79,11 @@ class Sizes:
     export_rounds: int = 2
     export_duration: float = 10.0
     export_cpu_rounds: int = 20
+    scrapes: int = 50
 
 
 FULL = Sizes(40, 600, 1000, 4, 5.0, 2.0, 30, 5000, 7, 40)
-QUICK = Sizes(8, 300, 300, 1, 2.0, 1.0, 5, 3000, 3, 8, 1, 3.0, 6)
+QUICK = Sizes(8, 300, 300, 1, 2.0, 1.0, 5, 3000, 3, 8, 1, 3.0, 6, 10)
 
 
 def _met(ok: bool) -> str:
@@ -233,8 +238,12 @@ def uvicorn_section(sizes: Sizes, summary: list[str]) -> str:
             ratio = target = met = "-"
             if r.ratio_to_peer is not None and r.ratio_spread is not None:
                 ratio = f"{r.ratio_to_peer:.2f} [{r.ratio_spread[0]:.2f}-{r.ratio_spread[1]:.2f}]"
-                target = f"≥ {RPS_TARGET:g}"
-                met = _met(r.ratio_to_peer >= RPS_TARGET)
+                limit = RPS_TARGETS.get(r.sample_ratio or 0.0)
+                if (http, loop) != RPS_TARGET_SERVER or limit is None:
+                    out.append(f"| {r.label} | {r.rps:.0f} | {ratio} | - | - |")
+                    continue
+                target = f"≥ {limit:g}"
+                met = _met(r.ratio_to_peer >= limit)
                 summary.append(
                     f"| uvicorn ({http}, {loop}) req/s ours/peer, sampling {r.sample_ratio:g} | "
                     f"{r.ratio_to_peer:.2f} | {target} | {met} |"
@@ -302,6 +311,16 @@ def logging_section(sizes: Sizes, summary: list[str]) -> str:
     return "\n".join(out)
 
 
+def scrape_section(sizes: Sizes, summary: list[str]) -> str:
+    result = scrape_lag.run(sizes.scrapes)
+    ours = max(result.lags["ours", False] + result.lags["ours", True])
+    summary.append(
+        f"| longest event-loop lag during a scrape of {result.samples:,} samples, ours | "
+        f"{ours:.1f} ms | ≤ {scrape_lag.TARGET_MS:g} ms | {_met(ours <= scrape_lag.TARGET_MS)} |"
+    )
+    return "\n".join(["## A scrape and the event loop", "", scrape_lag.format_result(result)])
+
+
 def import_section(sizes: Sizes, summary: list[str]) -> str:
     result = import_time.run(sizes.import_runs)
     ok = not result.forbidden_loaded
@@ -340,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     sections.append(logging_section(sizes, summary))
+    sections.append(scrape_section(sizes, summary))
     sections.append(import_section(sizes, summary))
     elapsed = time.monotonic() - started
 
