@@ -92,7 +92,9 @@ class Result:
 
 async def measure(scrapes: int) -> Result:
     registry = registry_of_1000_series()
-    apps = dict(zip(APPS, (empty_page, make_asgi_app(registry), metrics_app(registry))))
+    apps = dict(
+        zip(APPS, (empty_page, make_asgi_app(registry), metrics_app(registry)), strict=True)
+    )
     result = Result(sum(len(family.samples) for family in registry.collect()), scrapes)
     for app in apps.values():  # the first scrape starts a worker thread: not measured
         await lag_of(app, gzip=False)
