@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,18 @@ def registry_of_1000_series() -> CollectorRegistry:
     return registry
 
 
+_full_collections: list[float] = []
+"""The pause of each generation-2 collection since the list was last emptied, in ms."""
+_collection_started = [0.0]
+
+
+def _on_collection(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _collection_started[0] = time.perf_counter()
+    elif info["generation"] == 2:
+        _full_collections.append((time.perf_counter() - _collection_started[0]) * 1000)
+
+
 async def lag_of(app: Any, *, gzip: bool) -> float:
     """Milliseconds the loop could not run a 1 ms timer while one scrape of `app` ran."""
     worst = 0.0
@@ -63,6 +76,7 @@ async def lag_of(app: Any, *, gzip: bool) -> float:
         tick = asyncio.create_task(ticker())
         await asyncio.sleep(0.01)
         worst = 0.0
+        _full_collections.clear()
         response = await http.get("/metrics", headers=headers)
         done = True
         await tick
@@ -88,6 +102,18 @@ class Result:
     scrapes: int
     #: (app, gzip) -> the lag of each scrape, in ms.
     lags: dict[tuple[str, bool], list[float]] = field(default_factory=dict)
+    #: (app, gzip) -> the longest full collection during each scrape, in ms (0: none).
+    collections: dict[tuple[str, bool], list[float]] = field(default_factory=dict)
+
+    def over_target(self, name: str) -> tuple[int, int, int]:
+        """(scrapes of `name`, of them over TARGET_MS, of those with a full collection in them)."""
+        pairs = [
+            (lag, paused)
+            for gzip in (False, True)
+            for lag, paused in zip(self.lags[name, gzip], self.collections[name, gzip], strict=True)
+        ]
+        over = [paused for lag, paused in pairs if lag > TARGET_MS]
+        return len(pairs), len(over), sum(1 for paused in over if paused > 0)
 
 
 async def measure(scrapes: int) -> Result:
@@ -98,12 +124,18 @@ async def measure(scrapes: int) -> Result:
     result = Result(sum(len(family.samples) for family in registry.collect()), scrapes)
     for app in apps.values():  # the first scrape starts a worker thread: not measured
         await lag_of(app, gzip=False)
-    for gzip in (False, True):
-        for name in apps:
-            result.lags[name, gzip] = []
-        for _ in range(scrapes):
-            for name, app in apps.items():
-                result.lags[name, gzip].append(await lag_of(app, gzip=gzip))
+    gc.callbacks.append(_on_collection)
+    try:
+        for gzip in (False, True):
+            for name in apps:
+                result.lags[name, gzip] = []
+                result.collections[name, gzip] = []
+            for _ in range(scrapes):
+                for name, app in apps.items():
+                    result.lags[name, gzip].append(await lag_of(app, gzip=gzip))
+                    result.collections[name, gzip].append(max(_full_collections, default=0.0))
+    finally:
+        gc.callbacks.remove(_on_collection)
     return result
 
 
@@ -127,6 +159,15 @@ def format_result(result: Result) -> str:
             p90 = statistics.quantiles(values, n=10, method="inclusive")[-1]
             cells.append(f"{statistics.median(values):.2f} / {p90:.2f} / {max(values):.2f}")
         out.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    scrapes, over, collected = result.over_target(OURS)
+    pauses = [p for values in result.collections.values() for p in values if p > 0]
+    out += [
+        "",
+        f"Scrapes of ours with a lag above {TARGET_MS:g} ms: {over} of {scrapes}; during "
+        f"{collected} of them the process made a full (generation-2) garbage collection, "
+        f"which holds every thread (full collections during all the scrapes: {len(pauses)}, "
+        f"{min(pauses, default=0):.1f} to {max(pauses, default=0):.1f} ms each).",
+    ]
     return "\n".join(out)
 
 

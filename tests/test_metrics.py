@@ -496,3 +496,41 @@ async def test_the_page_is_rendered_off_the_event_loop() -> None:
     # httpx decodes the body; the header says what travelled.
     assert zipped.headers["content-encoding"] == "gzip"
     assert "orders_total 1.0" in zipped.text
+
+
+async def test_the_rendering_thread_stands_aside_for_the_loop_and_renders_the_same_page(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from prometheus_client import Counter, Histogram, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    from todo_observability import metrics
+
+    turns: list[int] = []
+    monkeypatch.setattr(
+        metrics, "_stand_aside", lambda seconds: turns.append(threading.get_ident())
+    )
+    registry = CollectorRegistry()
+    requests = Counter("requests", "Requests.", ["route"], registry=registry)
+    durations = Histogram("durations_seconds", "Durations.", ["route"], registry=registry)
+    for route in range(100):
+        requests.labels(f"/r{route}").inc(route)
+        durations.labels(f"/r{route}").observe(route / 100)
+    samples = sum(len(family.samples) for family in registry.collect())
+    async with client(metrics.metrics_app(registry)) as http:
+        page = await http.get("/metrics")
+        openmetrics = await http.get(
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        )
+    # Every 32 samples of a family, on the rendering thread, never on the loop's.
+    per_family = sum(
+        len(family.samples) // metrics._SAMPLES_PER_TURN for family in registry.collect()
+    )
+    assert len(turns) == 2 * per_family
+    assert per_family >= samples // 32 - 2
+    assert threading.get_ident() not in turns
+    assert page.content == generate_latest(registry)
+    # The created timestamps are read at each rendering: the same value twice.
+    assert openmetrics.content == generate_openmetrics(registry)  # type: ignore[no-untyped-call]
