@@ -110,11 +110,11 @@ class _SteppingClock:
 def test_the_rule_is_checked_within_one_time_limit_not_one_per_search(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The search reads the clock when it starts and every 64 days it walks. From January 1 the
-    # first occurrence (March 15) takes one reading, and the search for the next (May 15), which
-    # walks again from the start, two more. With a clock moving 0.8 s a reading, each search
-    # alone stays within 2 s; the three readings after the start, 2.4 s, do not.
-    clock = _SteppingClock(TIME_LIMIT * 0.4)
+    # The search reads the clock when it starts and at each day it walks. From January 1 the
+    # first occurrence (March 15) takes 74 readings, and the search for the next (May 15),
+    # which walks again from the start, 135. With a clock moving 12 ms a reading, each search
+    # alone stays within 2 s (at most 1.62 s); both, 209 readings or 2.5 s, do not.
+    clock = _SteppingClock(0.012)
     monkeypatch.setattr(recurrence, "time", clock)
     rule = "FREQ=DAILY;BYMONTH=3,5;BYMONTHDAY=15"
     with pytest.raises(InvalidTask) as refused:
@@ -126,3 +126,19 @@ def test_the_rule_is_checked_within_one_time_limit_not_one_per_search(
     # The rule itself is good: with the clock standing still, it is accepted.
     clock.step = 0.0
     check_rules(due_at=datetime(2027, 1, 1, tzinfo=timezone.utc), remind_at=None, recurrence=rule)
+
+
+def test_a_rule_whose_every_period_is_slow_is_refused_at_the_time_limit() -> None:
+    # Each period of this rule takes dateutil some 20 ms: the clock is read at each one, so
+    # the search overruns its limit by one period, not by dozens.
+    rule = "FREQ=SECONDLY;BYYEARDAY=-189;BYMONTH=3;BYSETPOS=-1;BYHOUR=17,21,20"
+    began = time.perf_counter()
+    with pytest.raises(InvalidTask) as refused:
+        check_rules(
+            due_at=datetime(2006, 1, 14, 14, 1, 9, tzinfo=timezone.utc),
+            remind_at=None,
+            recurrence=rule,
+        )
+    elapsed = time.perf_counter() - began
+    assert "within the search's time limit of 2 s" in refused.value.errors[0]["msg"]
+    assert elapsed < TIME_LIMIT + 1.0
