@@ -458,6 +458,44 @@ def test_the_direct_observer_and_increment_record_what_the_public_methods_record
     assert exposition(direct=True) == exposition(direct=False)
 
 
+def test_a_topics_delivery_series_record_what_the_public_methods_record() -> None:
+    from prometheus_client import generate_latest
+
+    from todo_observability.metrics import (
+        MESSAGING_END_TO_END,
+        MESSAGING_IN_FLIGHT,
+        MESSAGING_PROCESS_DURATION,
+        MESSAGING_PROCESSED,
+        MetricSet,
+    )
+
+    def exposition(direct: bool) -> bytes:
+        metrics = MetricSet(CollectorRegistry())
+        for outcome, seconds in (("success", 0.004), ("retry", 0.2), ("success", 7.0)):
+            if direct:
+                series = metrics.delivery_series("task-events")
+                series.in_flight(1)
+                series.processed(outcome)(1)
+                series.duration.observe(seconds)
+                series.end_to_end.observe(seconds * 10)
+                series.in_flight(-1)
+            else:
+                metrics.child(MESSAGING_IN_FLIGHT, "task-events").inc()
+                metrics.child(MESSAGING_PROCESSED, "task-events", outcome).inc()
+                metrics.child(MESSAGING_PROCESS_DURATION, "task-events").observe(seconds)
+                metrics.child(MESSAGING_END_TO_END, "task-events").observe(seconds * 10)
+                metrics.child(MESSAGING_IN_FLIGHT, "task-events").dec()
+        return b"\n".join(
+            line
+            for line in generate_latest(metrics.registry).splitlines()
+            if b"_created" not in line
+        )
+
+    page = exposition(direct=True)
+    assert page == exposition(direct=False)
+    assert b'messaging_process_messages_total{outcome="success",topic="task-events"} 2.0' in page
+
+
 async def test_the_page_is_rendered_off_the_event_loop() -> None:
     import threading
 

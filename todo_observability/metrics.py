@@ -442,6 +442,34 @@ class ServerSeries:
         self.duration = HistogramObserver(duration)
 
 
+class DeliverySeries:
+    """The series of one subscribed topic's delivered messages, each written as `ServerSeries` does.
+
+    Attributes:
+        in_flight: Adds to the `messaging_messages_in_flight` child (see `increment`).
+        duration: Observes into the `messaging_process_duration_seconds` child.
+        end_to_end: Observes into the `messaging_end_to_end_latency_seconds` child.
+    """
+
+    __slots__ = ("_metrics", "_processed", "_topic", "duration", "end_to_end", "in_flight")
+
+    def __init__(self, metrics: MetricSet, topic: str):
+        self._metrics, self._topic = metrics, topic
+        self.in_flight = increment(metrics.child(MESSAGING_IN_FLIGHT, topic))
+        self.duration = HistogramObserver(metrics.child(MESSAGING_PROCESS_DURATION, topic))
+        self.end_to_end = HistogramObserver(metrics.child(MESSAGING_END_TO_END, topic))
+        self._processed: dict[str, Callable[[float], None]] = {}
+
+    def processed(self, outcome: str) -> Callable[[float], None]:
+        """Adds to `messaging_process_messages_total` for `outcome` (a label value)."""
+        add = self._processed.get(outcome)
+        if add is None:
+            add = self._processed[outcome] = increment(
+                self._metrics.child(MESSAGING_PROCESSED, self._topic, outcome)
+            )
+        return add
+
+
 class MetricSet:
     """The catalogue's metrics, created once in one registry.
 
@@ -464,6 +492,7 @@ class MetricSet:
         self._client: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._operations: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._deliveries: dict[str, DeliverySeries] = {}
 
     def register(self, spec: MetricSpec) -> MetricWrapperBase:
         """Create an application's own metric, declared like the catalogue's, in this registry.
@@ -568,6 +597,15 @@ class MetricSet:
             if len(self._operations) < self._cache_limit():
                 self._operations[key] = children
         return children
+
+    def delivery_series(self, topic: str) -> DeliverySeries:
+        """The series a subscribed topic's deliveries record into, created once."""
+        series = self._deliveries.get(topic)
+        if series is None:
+            series = DeliverySeries(self, topic)
+            if len(self._deliveries) < self._cache_limit():
+                self._deliveries[topic] = series
+        return series
 
     def child(self, spec: MetricSpec, *values: str) -> Any:
         """The child of `spec`'s metric for label `values`, each value admitted by the guard.

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TIME = re.compile(r"(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)")
+"""An RFC 3339 time: (up to the seconds, the fraction, the offset)."""
 _REQUIRED = ("id", "source", "type", "specversion")
 
 
@@ -108,7 +110,7 @@ def parse_time(value: object) -> datetime | None:
         return None
     text = value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value
     # Python 3.10's fromisoformat takes at most 6 fractional digits; Go writes up to 9.
-    match = re.fullmatch(r"(.*T\d\d:\d\d:\d\d)(\.\d+)?(.*)", text)
+    match = _TIME.fullmatch(text)
     if match and match.group(2) and len(match.group(2)) > 7:
         text = match.group(1) + match.group(2)[:7] + match.group(3)
     try:

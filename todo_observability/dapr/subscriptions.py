@@ -74,12 +74,8 @@ from todo_observability.metrics import (
     JOB_TRIGGER_DURATION,
     JOB_TRIGGERS,
     MESSAGING_DUPLICATES,
-    MESSAGING_END_TO_END,
-    MESSAGING_IN_FLIGHT,
-    MESSAGING_PROCESS_DURATION,
     MESSAGING_PROCESSED,
     MetricSet,
-    increment,
 )
 from todo_observability.propagation import _add_field
 from todo_observability.tracing import _record_exception
@@ -552,7 +548,7 @@ class Subscriptions:
             f"{topic} process",
             parent=parent,
             kind=SpanKind.CONSUMER,
-            in_flight=increment(metrics.child(MESSAGING_IN_FLIGHT, topic)),
+            in_flight=metrics.delivery_series(topic).in_flight,
         ) as unit:
             unit.subscription, unit.event, unit.event_id = sub, event, event_id
             unit.origin_topic = origin_topic
@@ -1044,14 +1040,15 @@ class _Delivery(UnitOfWork):
         if result.duplicate:
             metrics.child(MESSAGING_DUPLICATES, topic).inc()
         else:
-            metrics.child(MESSAGING_PROCESSED, topic, result.outcome.label).inc()
-            metrics.child(MESSAGING_PROCESS_DURATION, topic).observe(elapsed)
+            series = metrics.delivery_series(topic)
+            series.processed(result.outcome.label)(1)
+            series.duration.observe(elapsed)
             if result.outcome is Outcome.SUCCESS and self.event is not None:
                 published = parse_time(self.event.get("time"))
                 if published is not None:
                     latency = time.time() - published.timestamp()
                     if latency >= 0:
-                        metrics.child(MESSAGING_END_TO_END, topic).observe(latency)
+                        series.end_to_end.observe(latency)
         if span.is_recording():
             span.set_attribute("todo_observability.outcome", result.outcome.value)
             if result.duplicate:
