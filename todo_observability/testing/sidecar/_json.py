@@ -314,6 +314,10 @@ def _syntax_error(exc: json.JSONDecodeError, eof: str) -> GoTypeError:
         return GoTypeError(f"invalid character {_quote_char(doc[pos + 1])} in string escape code")
     if msg.startswith("Invalid \\uXXXX"):
         return GoTypeError("invalid character in \\u hexadecimal character escape")
+    if msg.startswith("Illegal trailing comma"):
+        # Python 3.13 points at the comma; Go at what follows it, the closing bracket.
+        pos = len(doc) - len(doc[pos + 1 :].lstrip(_WHITESPACE))
+        msg = "Expecting property name" if msg.endswith("object") else "Expecting value"
     if pos >= len(doc) or msg.startswith("Unterminated string"):
         return GoTypeError(eof)
     char = _quote_char(doc[pos])
