@@ -666,9 +666,8 @@ _SAMPLES_PER_TURN = 32
 """Samples the rendering thread formats before it hands the interpreter to the event loop."""
 _TURN = 0.00005
 """How long it stands aside, in seconds: long enough for a waiting thread to take the GIL."""
-
-
 _stand_aside = time.sleep
+"""How it stands aside (a test replaces it to count the turns)."""
 
 
 class _Samples(list):  # type: ignore[type-arg]
