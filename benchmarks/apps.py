@@ -52,6 +52,8 @@ class BenchApp:
     closers: list[Callable[[], object]] = field(default_factory=list)
     #: The span queues of its batch processors (a diagnostic: were spans dropped?).
     span_queues: list[Any] = field(default_factory=list)
+    #: Our variants' `Observability` (None for the others).
+    observability: Any = None
 
     @property
     def label(self) -> str:
@@ -144,7 +146,7 @@ def ours(sample_ratio: float, sink: IO[str] | None = None, **overrides: Any) -> 
         **overrides,
     }
     obs = todo_observability.configure(app, **options)
-    bench = BenchApp("ours", app, sample_ratio)
+    bench = BenchApp("ours", app, sample_ratio, observability=obs)
     bench.span_queues = span_queues(obs.tracer_provider)
     bench.flushers.append(obs.flush)
     bench.closers += [sink.close, obs.shutdown]

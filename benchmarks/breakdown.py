@@ -3,7 +3,10 @@
 Interleaved like `benchmarks.inprocess`, against the bare app and against a
 do-nothing pure-ASGI middleware (the floor of any middleware: one more layer
 and a send wrapper). Differences between rows are the cost of the part
-switched off. ``--no-gc`` disables the garbage collector within slices (it
+switched off. Two rows measure what OpenTelemetry's SDK costs on its own, in the
+same place: a middleware that only starts, attaches, fills (the ten attributes
+ours sets) and ends an SDK server span, through the provider and span processor
+`configure()` builds, at each ratio; any SDK-based server span pays it. ``--no-gc`` disables the garbage collector within slices (it
 runs between them), which shows how much of a variant's cost is collection.
 
     python -m benchmarks.breakdown [--rounds 30] [--requests 600] [--no-gc]
@@ -45,6 +48,70 @@ class Passthrough:
         await self.app(scope, receive, send_wrapper)
 
 
+class SdkSpanOnly:
+    """A middleware doing only what OpenTelemetry's SDK needs for a server span."""
+
+    def __init__(self, app: Any, tracer: Any) -> None:
+        self.app = app
+        self.tracer = tracer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace import SpanKind
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        parent = context.get_current()
+        span = self.tracer.start_span(scope["method"], context=parent, kind=SpanKind.SERVER)
+        token = context.attach(trace.set_span_in_context(span, parent))
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if span.is_recording():
+                route = getattr(scope.get("route"), "path", scope["path"])
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attributes(
+                    {
+                        "http.request.method": scope["method"],
+                        "url.path": scope["path"],
+                        "url.scheme": scope["scheme"],
+                        "network.protocol.version": scope["http_version"],
+                        "http.response.status_code": status,
+                        "http.route": route,
+                        "client.address": scope["client"][0],
+                        "server.address": scope["server"][0],
+                        "server.port": scope["server"][1],
+                        "user_agent.original": "wrk/4.1.0",
+                    }
+                )
+            span.end()
+            context.detach(token)
+
+
+def sdk_span_only(ratio: float) -> BenchApp:
+    """The bare app under `SdkSpanOnly`, with the tracer and exporter `configure()` builds."""
+    helper = ours(ratio, access_log=False)  # for its provider, processor and exporter only
+    bench = bare()
+    app = bench.app
+    build = app.build_middleware_stack
+    tracer = helper.observability.tracer
+    app.build_middleware_stack = lambda: SdkSpanOnly(build(), tracer)
+    bench.name = f"bare + OpenTelemetry SDK server span only, {ratio:g}"
+    bench.flushers = helper.flushers
+    bench.closers = helper.closers
+    bench.span_queues = helper.span_queues
+    return bench
+
+
 def passthrough() -> BenchApp:
     bench = bare()
     app = bench.app
@@ -54,7 +121,7 @@ def passthrough() -> BenchApp:
 
 
 def variants() -> list[BenchApp]:
-    benches = [bare(), passthrough()]
+    benches = [bare(), passthrough(), *(sdk_span_only(ratio) for ratio in (1.0, 0.1, 0.0))]
     for label, (ratio, overrides) in OURS.items():
         bench = ours(ratio, **overrides)
         bench.name = label
