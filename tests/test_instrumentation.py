@@ -21,7 +21,7 @@ from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import todo_observability as obs
@@ -32,13 +32,25 @@ from todo_observability.testing import LogCapture
 from .health.conftest import PostgresCluster, postgres_cluster
 from .helpers import client, eventually, free_port, serve_app, spans
 
-pytestmark = [
-    pytest.mark.anyio,
-    # Python 3.13 warns of a sqlite3 connection collected unclosed; aiosqlite's connections of
-    # this module's in-memory engines are collected after dispose(), in whichever test runs then.
-    pytest.mark.filterwarnings("ignore:unclosed database:ResourceWarning"),
-]
+pytestmark = pytest.mark.anyio
 Factory = Callable[..., Observability]
+
+
+@pytest.fixture
+def memory_engine() -> Iterator[Callable[[], Engine]]:
+    """In-memory SQLite engines, disposed after the test, so that no connection is left open."""
+    engines: list[Engine] = []
+
+    def make() -> Engine:
+        engine = create_engine("sqlite://")
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.dispose()
+
+
 log = obs.get_logger("tests.instrumentation")
 
 
@@ -117,8 +129,10 @@ async def test_each_statement_is_a_client_span_in_the_request_trace(
     assert access["span_id"] == f"{server.context.span_id:016x}"
 
 
-async def test_a_second_call_adds_nothing(make_observability: Factory) -> None:
-    engine = create_engine("sqlite://")
+async def test_a_second_call_adds_nothing(
+    make_observability: Factory, memory_engine: Callable[[], Engine]
+) -> None:
+    engine = memory_engine()
     observability = make_observability(service_name="worker")
     obs.instrument_sqlalchemy(engine)
     obs.instrument_sqlalchemy(engine)
@@ -131,12 +145,12 @@ async def test_a_second_call_adds_nothing(make_observability: Factory) -> None:
 
 
 async def test_engines_created_before_or_after_the_first_call_are_traced(
-    make_observability: Factory,
+    make_observability: Factory, memory_engine: Callable[[], Engine]
 ) -> None:
     observability = make_observability(service_name="worker")
-    earlier = create_engine("sqlite://")
-    obs.instrument_sqlalchemy(create_engine("sqlite://"))
-    later = create_engine("sqlite://")  # traced: engine creation is instrumented
+    earlier = memory_engine()
+    obs.instrument_sqlalchemy(memory_engine())
+    later = memory_engine()  # traced: engine creation is instrumented
     obs.instrument_sqlalchemy(earlier)  # existed before the first call: traced when passed
     obs.instrument_sqlalchemy(later)  # already traced: nothing more
     for engine in (earlier, later):
@@ -146,9 +160,9 @@ async def test_engines_created_before_or_after_the_first_call_are_traced(
 
 
 async def test_a_failing_statement_ends_its_span_and_gives_back_the_context(
-    make_observability: Factory,
+    make_observability: Factory, memory_engine: Callable[[], Engine]
 ) -> None:
-    engine = create_engine("sqlite://")
+    engine = memory_engine()
     obs.instrument_sqlalchemy(engine)
     observability = make_observability(service_name="worker")
     tracer = observability.tracer
