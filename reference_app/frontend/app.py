@@ -100,6 +100,7 @@ def create_app(
     app.include_router(api)
     errors.install(app)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    observability.setdefault("environment", settings.environment)
     configure(
         app,
         service_name=FRONTEND,

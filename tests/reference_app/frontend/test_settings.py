@@ -175,6 +175,21 @@ async def test_the_development_secret_is_announced_with_a_warning(
     assert len(captured_logs.find(level="WARNING")) == 1
 
 
+def test_observability_follows_the_settings_environment(
+    build: Callable[[Settings], FastAPI], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the other services: the environment the settings were built with is the one the
+    # SDK runs in (production samples 0.1 of new traces), not whatever the process has.
+    monkeypatch.delenv("TODO_OBS_ENVIRONMENT", raising=False)
+    prod = build(Settings(jwt_secret=SECRET, environment="prod", cookie_secure=True))
+    assert prod.state.observability.settings.environment == "prod"
+    assert prod.state.observability.settings.sample_ratio == 0.1
+
+    dev = build(Settings(jwt_secret=SECRET))
+    assert dev.state.observability.settings.environment == "dev"
+    assert dev.state.observability.settings.sample_ratio == 1.0
+
+
 @pytest.mark.anyio
 async def test_in_production_the_cookie_is_secure(build: Callable[[Settings], FastAPI]) -> None:
     app = build(Settings(jwt_secret=SECRET, environment="prod", cookie_secure=True))
