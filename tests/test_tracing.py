@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
@@ -27,6 +29,7 @@ from todo_observability.tracing import (
     CountingBatchSpanProcessor,
     GuardedSpanExporter,
     ScrubbingSpanExporter,
+    _ParentBasedTraceIdRatio,
     build_tracer_provider,
 )
 
@@ -95,6 +98,8 @@ def test_sampler_is_parent_based_ratio(make_observability: Factory) -> None:
     obs = make_observability(sample_ratio=0.25)
     description = obs.tracer_provider.sampler.get_description()
     assert description.startswith("ParentBased{root:TraceIdRatioBased{0.25}")
+    # The SDK's decisions, in one pass (see the property below).
+    assert isinstance(obs.tracer_provider.sampler, _ParentBasedTraceIdRatio)
 
 
 def test_file_exporter_writes_zipkin_v2_json_lines(tmp_path: Path) -> None:
@@ -529,6 +534,65 @@ def test_a_parent_based_sampler_follows_the_callers_decision(make_observability:
     always = make_observability(traces_sampler="always_on", registry=CollectorRegistry())
     with always.tracer.start_as_current_span("child", context=unsampled_parent) as span:
         assert span.is_recording()
+
+
+_TRACE_STATES = st.lists(
+    st.tuples(
+        st.sampled_from(["vendor", "congo", "rojo@t"]), st.sampled_from(["t61rcWkgMzE", "1"])
+    ),
+    max_size=3,
+    unique_by=lambda entry: entry[0],
+)
+
+
+@st.composite
+def _parent_contexts(draw: st.DrawFn) -> Any:
+    """None, an empty context, an invalid span, or a remote or local parent, sampled or not."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    kind = draw(st.sampled_from(["none", "empty", "invalid", "parent"]))
+    if kind == "none":
+        return None
+    if kind == "empty":
+        return otel_context.Context()
+    if kind == "invalid":
+        return otel_trace.set_span_in_context(otel_trace.INVALID_SPAN)
+    parent = SpanContext(
+        draw(st.integers(1, 2**128 - 1)),
+        draw(st.integers(1, 2**64 - 1)),
+        is_remote=draw(st.booleans()),
+        trace_flags=TraceFlags(draw(st.sampled_from([0, 1, 2, 3]))),
+        trace_state=TraceState(draw(_TRACE_STATES)),
+    )
+    return otel_trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+@given(
+    ratio=st.one_of(st.sampled_from([0.0, 0.1, 0.5, 1.0]), st.floats(0.0, 1.0)),
+    trace_id=st.integers(1, 2**128 - 1),
+    parent=_parent_contexts(),
+    attributes=st.one_of(st.none(), st.dictionaries(st.sampled_from(["a", "b"]), st.integers())),
+)
+# Either side of the bound (2**63 at 0.5); only the low 64 bits of the trace id count.
+@example(ratio=0.5, trace_id=2**63, parent=None, attributes=None)
+@example(ratio=0.5, trace_id=2**63 - 1, parent=None, attributes={"a": 1})
+@example(ratio=0.5, trace_id=(1 << 100) | (2**63 - 1), parent=None, attributes=None)
+@example(ratio=1.0, trace_id=2**128 - 1, parent=None, attributes=None)
+def test_the_default_sampler_decides_as_the_sdk_s_parent_based_ratio_sampler(
+    ratio: float, trace_id: int, parent: Any, attributes: dict[str, int] | None
+) -> None:
+    from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+
+    ours: Sampler = _ParentBasedTraceIdRatio(ratio)
+    sdk: Sampler = ParentBased(TraceIdRatioBased(ratio))
+    mine = ours.should_sample(parent, trace_id, "GET /tasks", SpanKind.SERVER, attributes)
+    theirs = sdk.should_sample(parent, trace_id, "GET /tasks", SpanKind.SERVER, attributes)
+    assert mine.decision is theirs.decision
+    assert dict(mine.attributes) == dict(theirs.attributes)
+    assert mine.trace_state == theirs.trace_state
+    assert ours.get_description() == sdk.get_description()
 
 
 @pytest.mark.parametrize("sampler", ["jaeger_remote", "xray", "sometimes", ""])
