@@ -572,3 +572,91 @@ async def test_the_rendering_thread_stands_aside_for_the_loop_and_renders_the_sa
     assert page.content == generate_latest(registry)
     # The created timestamps are read at each rendering: the same value twice.
     assert openmetrics.content == generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+
+
+def _add_3500_samples(registry: CollectorRegistry) -> None:
+    from prometheus_client import Counter, Histogram
+
+    requests = Counter("requests", "Requests.", ["route", "status"], registry=registry)
+    durations = Histogram("durations_seconds", "Durations.", ["route"], registry=registry)
+    for route in range(100):
+        for status in range(10):
+            requests.labels(f"/r{route}", str(200 + status)).inc()
+        durations.labels(f"/r{route}").observe(route / 1000)
+
+
+class _Mark:
+    """A collector that only notes, in `rendering`, that the render reached it."""
+
+    def __init__(self, rendering: list[bool], value: bool) -> None:
+        self.rendering = rendering
+        self.value = value
+
+    def collect(self) -> list[object]:
+        self.rendering[0] = self.value
+        return []
+
+
+async def test_a_scrape_sets_off_no_garbage_collection() -> None:
+    # prometheus_client's samples are named tuples the collector tracks: rendered with
+    # collection on, 3,500 of them set off young collections, whose promotions lead to full
+    # ones that hold every thread. The render pauses automatic collection.
+    import gc
+
+    from todo_observability import metrics
+
+    rendering = [False]
+    registry = CollectorRegistry()
+    # Collected in the order registered: the marks bracket every family of the page.
+    registry.register(_Mark(rendering, True))  # type: ignore[arg-type]
+    _add_3500_samples(registry)
+    registry.register(_Mark(rendering, False))  # type: ignore[arg-type]
+    during_render: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and rendering[0]:
+            during_render.append(info["generation"])
+
+    assert gc.isenabled()
+    gc.callbacks.append(seen)
+    try:
+        async with client(metrics.metrics_app(registry)) as http:
+            for _ in range(3):
+                page = await http.get("/metrics")
+                assert page.status_code == 200
+                assert page.text.count('requests_total{route="/r') == 1000
+    finally:
+        gc.callbacks.remove(seen)
+    assert during_render == []
+    assert gc.isenabled()
+
+
+def test_collection_resumes_after_the_last_of_overlapping_renders_and_after_a_failure() -> None:
+    import gc
+
+    from todo_observability.metrics import _collection_paused
+
+    assert gc.isenabled()
+    with _collection_paused():
+        assert not gc.isenabled()
+        with _collection_paused():  # a second scrape at the same time
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _collection_paused():
+        raise RuntimeError("the render failed")
+    assert gc.isenabled()
+
+
+def test_a_process_that_runs_without_automatic_collection_is_left_so() -> None:
+    import gc
+
+    from todo_observability.metrics import _collection_paused
+
+    gc.disable()
+    try:
+        with _collection_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
