@@ -660,3 +660,36 @@ def test_a_process_that_runs_without_automatic_collection_is_left_so() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+async def test_a_render_that_hangs_gives_collection_back_after_the_pause_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+    import threading
+
+    from todo_observability import metrics
+
+    monkeypatch.setattr(metrics, "_MAX_PAUSE", 0.05)
+    release = threading.Event()
+    during: list[bool] = []
+
+    class Slow:
+        """A custom collector stuck on its source (a database that does not answer)."""
+
+        def collect(self) -> list[object]:
+            during.append(gc.isenabled())
+            release.wait(1.0)  # well past the limit
+            during.append(gc.isenabled())
+            return []
+
+    registry = CollectorRegistry()
+    registry.register(Slow())  # type: ignore[arg-type]
+    async with client(metrics.metrics_app(registry)) as http:
+        scrape = asyncio.ensure_future(http.get("/metrics"))
+        await asyncio.sleep(0.3)
+        assert gc.isenabled()  # back while the render still waits
+        release.set()
+        assert (await scrape).status_code == 200
+    assert during == [False, True]
+    assert gc.isenabled()

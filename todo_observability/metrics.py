@@ -672,6 +672,8 @@ _TURN = 0.00005
 _stand_aside = time.sleep
 """How it stands aside (a test replaces it to count the turns)."""
 
+_MAX_PAUSE = 0.5
+"""Seconds a render may keep collection paused; a slower one (a collector that hangs) gets it back."""
 _pause_lock = threading.Lock()
 _pausing = 0
 _resume = False
@@ -687,8 +689,9 @@ def _collection_paused() -> Iterator[None]:
     into the old generation, whose growth is what sets off a full collection of the
     process (tens of ms with every thread held). The samples die by reference counting
     when their family is written, so pausing for the render (milliseconds) defers no
-    garbage a collection would have freed, except other threads' cycles, for as long. A
-    process that runs with collection disabled is left so.
+    garbage a collection would have freed, except other threads' cycles, for as long.
+    Collection resumes after `_MAX_PAUSE` whatever the render does (a custom collector
+    that blocks), and a process that runs with collection disabled is left so.
     """
     global _pausing, _resume
     with _pause_lock:
@@ -696,13 +699,27 @@ def _collection_paused() -> Iterator[None]:
             _resume = gc.isenabled()
             gc.disable()
         _pausing += 1
+    deadline = threading.Timer(_MAX_PAUSE, _end_pause)
+    deadline.daemon = True
+    deadline.start()
     try:
         yield
     finally:
+        deadline.cancel()
         with _pause_lock:
             _pausing -= 1
             if _pausing == 0 and _resume:
+                _resume = False
                 gc.enable()
+
+
+def _end_pause() -> None:
+    """Give collection back to a process whose render has outlasted `_MAX_PAUSE`."""
+    global _resume
+    with _pause_lock:
+        if _pausing and _resume:
+            _resume = False  # renders still running leave it on
+            gc.enable()
 
 
 class _Samples(list):  # type: ignore[type-arg]
