@@ -3,11 +3,12 @@
 Interleaved like `benchmarks.inprocess`, against the bare app and against a
 do-nothing pure-ASGI middleware (the floor of any middleware: one more layer
 and a send wrapper). Differences between rows are the cost of the part
-switched off. Two rows measure what OpenTelemetry's SDK costs on its own, in the
-same place: a middleware that only starts, attaches, fills (the ten attributes
-ours sets) and ends an SDK server span, through the provider and span processor
-`configure()` builds, at each ratio; any SDK-based server span pays it. ``--no-gc`` disables the garbage collector within slices (it
-runs between them), which shows how much of a variant's cost is collection.
+switched off. Three rows measure what OpenTelemetry's SDK costs on its own, in
+the same place: a middleware that only starts, attaches, fills (the ten
+attributes ours sets) and ends an SDK server span, through the provider and span
+processor `configure()` builds, at 1.0, 0.1 and never sampled; any SDK-based
+server span pays it. ``--no-gc`` disables the garbage collector within slices
+(it runs between them), which shows how much of a variant's cost is collection.
 
     python -m benchmarks.breakdown [--rounds 30] [--requests 600] [--no-gc]
 """
@@ -18,6 +19,10 @@ import argparse
 import asyncio
 import statistics
 from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from benchmarks.apps import BenchApp, Message, Receive, Scope, Send, bare, ours
 from benchmarks.inprocess import SETTLE, _measure
@@ -56,9 +61,6 @@ class SdkSpanOnly:
         self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from opentelemetry import context, trace
-        from opentelemetry.trace import SpanKind
-
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -70,9 +72,9 @@ class SdkSpanOnly:
                 status = message["status"]
             await send(message)
 
-        parent = context.get_current()
+        parent = otel_context.get_current()
         span = self.tracer.start_span(scope["method"], context=parent, kind=SpanKind.SERVER)
-        token = context.attach(trace.set_span_in_context(span, parent))
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
@@ -94,7 +96,7 @@ class SdkSpanOnly:
                     }
                 )
             span.end()
-            context.detach(token)
+            otel_context.detach(token)
 
 
 def sdk_span_only(ratio: float) -> BenchApp:

@@ -235,13 +235,13 @@ class _ParentBasedTraceIdRatio(ParentBased):
     The same decisions, attributes and trace state as the SDK's composition (a test
     holds them to it); it reads the parent from the context once where the pair
     reads it twice, and shares one result for every root span it drops. A sampler
-    runs for every span, sampled or not, so that is most of the work of a request
-    that is not recorded.
+    runs for every span, recorded or not.
     """
 
     def __init__(self, ratio: float):
-        super().__init__(TraceIdRatioBased(ratio))
-        self._bound = TraceIdRatioBased.get_bound_for_rate(ratio)
+        root = TraceIdRatioBased(ratio)
+        super().__init__(root)
+        self._bound = root.bound
 
     def should_sample(
         self,
